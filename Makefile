@@ -1,0 +1,52 @@
+# svcproxy — see README.md. Every target works on a fresh machine: Go is
+# expected at /usr/local/go; `deps` installs the netfilter tools.
+
+export PATH := /usr/local/go/bin:$(PATH)
+export GOFLAGS ?= -buildvcs=false
+
+GO      ?= go
+BIN     := bin/svcproxy
+PKGS    := ./...
+
+.PHONY: all build test bench golden demo lint deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/svcproxy
+
+# deps installs nftables, iptables and conntrack with apt when any is
+# missing (needs root). Without root it only reports what is missing.
+deps:
+	@missing=""; \
+	for t in nft:nftables iptables-legacy:iptables iptables-nft:iptables conntrack:conntrack ip:iproute2; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "deps: missing$$missing (run as root to install)"; exit 0; fi; \
+		echo "deps: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# test runs the whole suite. Under CI=true, tests that need root, network
+# namespaces, netfilter tools or an API server fail instead of skipping.
+test: deps lint
+	$(GO) test -count=1 $(PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# golden regenerates testdata golden files from the current code.
+golden:
+	$(GO) test ./... -run Golden -update
+
+demo: deps build
+	./$(BIN) state -f examples/demo
+
+clean:
+	rm -rf bin

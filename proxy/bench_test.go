@@ -1,0 +1,39 @@
+package proxy_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// BenchmarkBuild measures a full model build; make bench runs it at 1k,
+// 10k and 50k services with 10 endpoints each.
+func BenchmarkBuild(b *testing.B) {
+	for _, n := range []int{1000, 10000, 50000} {
+		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
+			in := bigInputs(n, 10)
+			cfg := proxy.Config{NodeName: "node-0"}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				proxy.Build(in, cfg)
+			}
+		})
+	}
+}
+
+// BenchmarkDiff measures State.Diff after one endpoint change at 10k.
+func BenchmarkDiff(b *testing.B) {
+	in := bigInputs(10000, 10)
+	cfg := proxy.Config{NodeName: "node-0"}
+	old := proxy.Build(in, cfg)
+	in.EndpointSlices[0].Endpoints = in.EndpointSlices[0].Endpoints[1:]
+	cur := proxy.Build(in, cfg)
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := cur.Diff(old, proxy.IPv4); len(d.Changed) != 1 {
+			b.Fatalf("diff = %+v", d)
+		}
+	}
+}

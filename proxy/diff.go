@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"hash"
+	"hash/fnv"
+	"net/netip"
+)
+
+// hasher writes fields in a fixed order, each length-prefixed or fixed
+// size, so that different contents never encode to the same bytes.
+type hasher struct {
+	h   hash.Hash64
+	buf [8]byte
+}
+
+func newHasher() *hasher { return &hasher{h: fnv.New64a()} }
+
+func (h *hasher) u64(v uint64) {
+	binary.LittleEndian.PutUint64(h.buf[:], v)
+	h.h.Write(h.buf[:])
+}
+func (h *hasher) str(s string) { h.u64(uint64(len(s))); h.h.Write([]byte(s)) }
+func (h *hasher) boolean(b bool) {
+	if b {
+		h.u64(1)
+	} else {
+		h.u64(0)
+	}
+}
+func (h *hasher) addr(a netip.Addr) { b, _ := a.MarshalBinary(); h.str(string(b)) }
+func (h *hasher) addrs(as []netip.Addr) {
+	h.u64(uint64(len(as)))
+	for _, a := range as {
+		h.addr(a)
+	}
+}
+func (h *hasher) prefixes(ps []netip.Prefix) {
+	h.u64(uint64(len(ps)))
+	for _, p := range ps {
+		h.addr(p.Addr())
+		h.u64(uint64(p.Bits()))
+	}
+}
+func (h *hasher) endpoints(es []Endpoint) {
+	h.u64(uint64(len(es)))
+	for _, e := range es {
+		h.addr(e.IP)
+		h.u64(uint64(e.Port))
+		h.str(e.NodeName)
+		h.boolean(e.Local)
+		h.boolean(e.Ready)
+		h.boolean(e.Serving)
+		h.boolean(e.Terminating)
+	}
+}
+
+// servicePortHash covers every field of sp but Hash itself.
+func servicePortHash(sp *ServicePort) uint64 {
+	h := newHasher()
+	h.str(sp.Key.String())
+	h.addr(sp.ClusterIP)
+	h.u64(uint64(sp.Port))
+	h.u64(uint64(sp.NodePort))
+	h.addrs(sp.ExternalIPs)
+	h.addrs(sp.LoadBalancerIPs)
+	h.prefixes(sp.SourceRanges)
+	h.u64(uint64(sp.HealthCheckNodePort))
+	h.boolean(sp.InternalPolicyLocal)
+	h.boolean(sp.ExternalPolicyLocal)
+	h.u64(uint64(sp.AffinitySeconds))
+	h.endpoints(sp.ClusterEndpoints)
+	h.endpoints(sp.LocalEndpoints)
+	h.boolean(sp.HasEndpoints)
+	h.str(sp.Topology)
+	return h.h.Sum64()
+}
+
+// globalHash covers the per-family settings shared by all services.
+func globalHash(fs *FamilyState) uint64 {
+	h := newHasher()
+	h.u64(uint64(fs.Family))
+	h.boolean(fs.MasqueradeAll)
+	h.prefixes(fs.ClusterCIDRs)
+	h.addr(fs.NodeIP)
+	h.boolean(fs.NodePorts.AllLocal)
+	h.addrs(fs.NodePorts.Addresses)
+	return h.h.Sum64()
+}
+
+// FamilyDiff is what changed in one family between two States.
+type FamilyDiff struct {
+	// GlobalChanged: the settings shared by all services changed
+	// (FamilyState.GlobalHash); rules that embed them must be rewritten.
+	GlobalChanged bool
+	Added         []Key // in the new State only
+	Changed       []Key // in both, with different hashes
+	Removed       []Key // in the old State only
+}
+
+// Empty reports whether nothing changed.
+func (d FamilyDiff) Empty() bool {
+	return !d.GlobalChanged && len(d.Added)+len(d.Changed)+len(d.Removed) == 0
+}
+
+// Diff reports what changed from prev to s in family f, in O(n) over the
+// two sorted service lists, comparing hashes only. A nil prev (or a nil
+// family state) counts as empty: everything is added.
+func (s *State) Diff(prev *State, f Family) FamilyDiff {
+	var old []*ServicePort
+	var d FamilyDiff
+	cur := s.Family(f)
+	if prev != nil && prev.Family(f) != nil {
+		old = prev.Family(f).Services
+		d.GlobalChanged = prev.Family(f).GlobalHash != cur.GlobalHash
+	} else {
+		d.GlobalChanged = true
+	}
+	i, j := 0, 0
+	for i < len(old) || j < len(cur.Services) {
+		switch {
+		case j == len(cur.Services) || (i < len(old) && old[i].Key.Compare(cur.Services[j].Key) < 0):
+			d.Removed = append(d.Removed, old[i].Key)
+			i++
+		case i == len(old) || old[i].Key.Compare(cur.Services[j].Key) > 0:
+			d.Added = append(d.Added, cur.Services[j].Key)
+			j++
+		default:
+			if old[i].Hash != cur.Services[j].Hash {
+				d.Changed = append(d.Changed, cur.Services[j].Key)
+			}
+			i++
+			j++
+		}
+	}
+	return d
+}

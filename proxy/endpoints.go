@@ -1,0 +1,257 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// candidate is an endpoint before the policies choose among them.
+type candidate struct {
+	Endpoint
+	zoneHints []string
+	nodeHints []string
+}
+
+func (c *candidate) hasZoneHint(z string) bool { return slices.Contains(c.zoneHints, z) }
+func (c *candidate) hasNodeHint(n string) bool { return slices.Contains(c.nodeHints, n) }
+
+// endpointPortKey matches a Service port to EndpointSlice ports: same
+// family, protocol and port name.
+type endpointPortKey struct {
+	family   Family
+	protocol Protocol
+	name     string
+}
+
+// groupSlices indexes EndpointSlices by "namespace/service". Slices without
+// the service-name label are recorded as problems; slices kube-proxy's
+// informers would not see (service-proxy-name, headless) are ignored.
+func (b *builder) groupSlices(in []*discoveryv1.EndpointSlice) map[string][]*discoveryv1.EndpointSlice {
+	out := map[string][]*discoveryv1.EndpointSlice{}
+	for _, s := range dedupe(&b.problems, "EndpointSlice", in) {
+		if _, ok := s.Labels[LabelServiceProxyName]; ok {
+			continue
+		}
+		if _, ok := s.Labels[LabelHeadless]; ok {
+			continue
+		}
+		svc := s.Labels[discoveryv1.LabelServiceName]
+		if svc == "" {
+			b.problems.add("EndpointSlice", s.Namespace, s.Name, `metadata.labels["`+discoveryv1.LabelServiceName+`"]`,
+				"missing: the slice belongs to no Service and is skipped")
+			continue
+		}
+		k := s.Namespace + "/" + svc
+		out[k] = append(out[k], s) // sorted by name, as dedupe returns them
+	}
+	return out
+}
+
+// endpoints merges the Service's slices into candidates per port. An
+// address:port seen twice (in one slice or across slices) is kept once,
+// preferring a copy that is not terminating, as kube-proxy does; among
+// equals the first in slice-name order wins, so the result does not depend
+// on input order.
+func (b *builder) endpoints(svc *corev1.Service, in []*discoveryv1.EndpointSlice) map[endpointPortKey][]candidate {
+	out := map[endpointPortKey][]candidate{}
+	index := map[endpointPortKey]map[netip.AddrPort]int{}
+	for _, s := range in {
+		op := objectProblems{&b.problems, "EndpointSlice", s.Namespace, s.Name}
+		var f Family
+		switch s.AddressType {
+		case discoveryv1.AddressTypeIPv4:
+			f = IPv4
+		case discoveryv1.AddressTypeIPv6:
+			f = IPv6
+		case discoveryv1.AddressTypeFQDN:
+			continue // not proxied, as in kube-proxy
+		default:
+			op.add("addressType", "unknown address type %q: slice skipped", s.AddressType)
+			continue
+		}
+		eps := b.sliceEndpoints(s, f, op)
+		for i, p := range s.Ports {
+			field := fmt.Sprintf("ports[%d]", i)
+			if p.Port == nil {
+				op.add(field+".port", "missing: port skipped")
+				continue
+			}
+			if *p.Port < 1 || *p.Port > 65535 { // kube-proxy skips 0 too
+				op.add(field+".port", "%d is out of range 1-65535: port skipped", *p.Port)
+				continue
+			}
+			if p.Name == nil {
+				op.add(field+".name", "missing: port skipped")
+				continue
+			}
+			k := endpointPortKey{family: f, protocol: TCP, name: *p.Name}
+			if p.Protocol != nil {
+				k.protocol = Protocol(*p.Protocol)
+			}
+			if index[k] == nil {
+				index[k] = map[netip.AddrPort]int{}
+			}
+			for _, c := range eps {
+				c.Port = uint16(*p.Port)
+				ap := netip.AddrPortFrom(c.IP, c.Port)
+				if j, dup := index[k][ap]; dup {
+					if !c.Terminating && out[k][j].Terminating {
+						out[k][j] = c
+					}
+					continue
+				}
+				index[k][ap] = len(out[k])
+				out[k] = append(out[k], c)
+			}
+		}
+	}
+	for _, cs := range out {
+		slices.SortFunc(cs, func(a, b candidate) int { return compareEndpoints(a.Endpoint, b.Endpoint) })
+	}
+	return out
+}
+
+// sliceEndpoints parses a slice's endpoints (without ports). Like
+// kube-proxy, only the first address of an endpoint is used.
+func (b *builder) sliceEndpoints(s *discoveryv1.EndpointSlice, f Family, op objectProblems) []candidate {
+	var out []candidate
+	for i, ep := range s.Endpoints {
+		field := fmt.Sprintf("endpoints[%d].addresses", i)
+		if len(ep.Addresses) == 0 {
+			op.add(field, "empty: endpoint skipped")
+			continue
+		}
+		ip, err := netip.ParseAddr(ep.Addresses[0])
+		if err != nil || ip.Zone() != "" {
+			op.add(field+"[0]", "invalid IP %q: endpoint skipped", ep.Addresses[0])
+			continue
+		}
+		ip = ip.Unmap()
+		if !f.Contains(ip) {
+			op.add(field+"[0]", "%s is not an %s address (addressType %s): endpoint skipped", ip, f, s.AddressType)
+			continue
+		}
+		c := candidate{Endpoint: Endpoint{
+			IP:          ip,
+			Ready:       ep.Conditions.Ready == nil || *ep.Conditions.Ready,
+			Serving:     ep.Conditions.Serving == nil || *ep.Conditions.Serving,
+			Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
+		}}
+		if ep.NodeName != nil {
+			c.NodeName = *ep.NodeName
+			c.Local = b.cfg.NodeName != "" && c.NodeName == b.cfg.NodeName
+		}
+		if ep.Hints != nil {
+			for _, z := range ep.Hints.ForZones {
+				c.zoneHints = append(c.zoneHints, z.Name)
+			}
+			for _, n := range ep.Hints.ForNodes {
+				c.nodeHints = append(c.nodeHints, n.Name)
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// categorize fills ClusterEndpoints, LocalEndpoints, HasEndpoints and
+// Topology, with kube-proxy's rules:
+//
+//   - Cluster policy (used when internalTrafficPolicy is Cluster or the
+//     port is externally accessible): ready endpoints, narrowed by topology
+//     hints when they apply; if none is ready anywhere, serving terminating
+//     endpoints.
+//   - Local policy (used when either policy is Local): this node's ready
+//     endpoints; if it has none, its serving terminating ones. The fallback
+//     is decided separately from the Cluster one.
+func (b *builder) categorize(sp *ServicePort, cands []candidate) {
+	usesCluster := !sp.InternalPolicyLocal || sp.ExternallyAccessible()
+	usesLocal := sp.InternalPolicyLocal || (sp.ExternalPolicyLocal && sp.ExternallyAccessible())
+
+	if usesCluster {
+		zone := b.labels[corev1.LabelTopologyZone]
+		mode := topologyMode(cands, b.cfg.NodeName, zone)
+		sp.Topology = mode
+		sp.ClusterEndpoints = pick(cands, func(c *candidate) bool {
+			switch mode {
+			case "Zone":
+				return c.Ready && c.hasZoneHint(zone)
+			case "Node":
+				return c.Ready && c.hasNodeHint(b.cfg.NodeName)
+			}
+			return c.Ready
+		})
+		if len(sp.ClusterEndpoints) == 0 {
+			sp.Topology = ""
+			sp.ClusterEndpoints = pick(cands, func(c *candidate) bool { return c.Serving && c.Terminating })
+		}
+		sp.HasEndpoints = len(sp.ClusterEndpoints) > 0
+	}
+	if !usesLocal {
+		return
+	}
+	var localReady, localTerminating bool
+	for _, c := range cands {
+		switch {
+		case c.Ready:
+			sp.HasEndpoints = true
+			localReady = localReady || c.Local
+		case c.Serving && c.Terminating:
+			sp.HasEndpoints = true
+			localTerminating = localTerminating || c.Local
+		}
+	}
+	switch {
+	case localReady:
+		sp.LocalEndpoints = pick(cands, func(c *candidate) bool { return c.Local && c.Ready })
+	case localTerminating:
+		sp.LocalEndpoints = pick(cands, func(c *candidate) bool { return c.Local && c.Serving && c.Terminating })
+	}
+}
+
+// topologyMode says which hints narrow the cluster endpoints: "Node" when
+// every ready endpoint has node hints and one names this node (set for
+// trafficDistribution PreferSameNode), else "Zone" when every ready
+// endpoint has zone hints and one names this node's zone (PreferSameZone,
+// PreferClose, topology-mode Auto), else "" (no narrowing).
+func topologyMode(cands []candidate, node, zone string) string {
+	allNode, allZone := true, true
+	forNode, forZone := false, false
+	for i := range cands {
+		c := &cands[i]
+		if !c.Ready {
+			continue
+		}
+		if len(c.nodeHints) == 0 {
+			allNode = false
+		} else if c.hasNodeHint(node) {
+			forNode = true
+		}
+		if len(c.zoneHints) == 0 {
+			allZone = false
+		} else if c.hasZoneHint(zone) {
+			forZone = true
+		}
+	}
+	switch {
+	case allNode && forNode && node != "":
+		return "Node"
+	case allZone && forZone && zone != "":
+		return "Zone"
+	}
+	return ""
+}
+
+func pick(cands []candidate, keep func(*candidate) bool) []Endpoint {
+	var out []Endpoint
+	for i := range cands {
+		if keep(&cands[i]) {
+			out = append(out, cands[i].Endpoint)
+		}
+	}
+	return out
+}
