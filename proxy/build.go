@@ -64,6 +64,7 @@ func Build(in Inputs, cfg Config) *State {
 	}
 	for _, fs := range st.Families() {
 		slices.SortFunc(fs.Services, func(a, b *ServicePort) int { return a.Key.Compare(b.Key) })
+		resolveConflicts(fs, &b.problems)
 	}
 	st.Problems = b.problems.result()
 	slices.SortFunc(st.Problems, compareProblems)

@@ -319,13 +319,13 @@ func TestBuild(t *testing.T) {
 			name: "source ranges split by family; /0 allows all",
 			objs: []any{
 				svc("a", "10.96.0.10,fd00:96::10", lbIngress(lbIP("198.51.100.1"), lbIP("2001:db8::1")), sourceRanges(" 203.0.113.0/24", "192.0.2.7/16")),
-				svc("b", "10.96.0.11", lbIngress(lbIP("198.51.100.2")), sourceRanges("203.0.113.0/24", "0.0.0.0/0")),
+				svc("b", "10.96.0.11", nodePort(30081), lbIngress(lbIP("198.51.100.2")), sourceRanges("203.0.113.0/24", "0.0.0.0/0")),
 			},
 			want: `
 				  ns/a/tcp/http 10.96.0.10:80 nodePort=30080 loadBalancerIPs=[198.51.100.1] sourceRanges=[192.0.0.0/16,203.0.113.0/24]
 				    internal reject
 				    external reject
-				  ns/b/tcp/http 10.96.0.11:80 nodePort=30080 loadBalancerIPs=[198.51.100.2]
+				  ns/b/tcp/http 10.96.0.11:80 nodePort=30081 loadBalancerIPs=[198.51.100.2]
 				    internal reject
 				    external reject
 				  ns/a/tcp/http [fd00:96::10]:80 nodePort=30080 loadBalancerIPs=[2001:db8::1]
@@ -392,6 +392,31 @@ func TestBuild(t *testing.T) {
 				`Service ns/web: spec.ports[2].nodePort: 99999 is out of range 1-65535: port skipped`,
 				`Service ns/web: spec.ports[4].name: port name "http" is used twice for TCP: port skipped`,
 				`Service ns/weird: spec.type: unknown type "Fancy": Service skipped`,
+			},
+		},
+		{
+			name: "conflicting destinations: first service port in key order wins",
+			objs: []any{
+				svc("b", "10.96.0.10", nodePort(30080), externalIPs("192.0.2.1")),
+				svc("a", "10.96.0.11", nodePort(30080), externalIPs("192.0.2.1", "192.0.2.2")),
+				svc("c", "10.96.0.10"),
+				svc("d", "10.96.0.12", lbIngress(lbIP("192.0.2.2")), sourceRanges("10.0.0.0/8")),
+			},
+			want: `
+				  ns/a/tcp/http 10.96.0.11:80 nodePort=30080 externalIPs=[192.0.2.1,192.0.2.2]
+				    internal reject
+				    external reject
+				  ns/b/tcp/http 10.96.0.10:80
+				    internal reject
+				  ns/d/tcp/http 10.96.0.12:80
+				    internal reject
+			`,
+			problems: []string{
+				"Service ns/b: spec.ports: NodePort 30080/tcp is already used by ns/a/tcp/http: not programmed for port ns/b/tcp/http",
+				"Service ns/b: spec.ports: externalIP 192.0.2.1:80 is already used by ns/a/tcp/http: not programmed for port ns/b/tcp/http",
+				"Service ns/c: spec.ports: ClusterIP 10.96.0.10:80 is already used by ns/b/tcp/http: not programmed for port ns/c/tcp/http",
+				"Service ns/d: spec.ports: NodePort 30080/tcp is already used by ns/a/tcp/http: not programmed for port ns/d/tcp/http",
+				"Service ns/d: spec.ports: load-balancer IP 192.0.2.2:80 is already used by ns/a/tcp/http: not programmed for port ns/d/tcp/http",
 			},
 		},
 		{

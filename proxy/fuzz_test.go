@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -78,6 +79,22 @@ func FuzzBuild(f *testing.F) {
 func checkInvariants(t *testing.T, st *proxy.State) {
 	t.Helper()
 	for _, fs := range st.Families() {
+		dests := map[string]proxy.Key{}
+		claim := func(sp *proxy.ServicePort, d string) {
+			if o, ok := dests[d]; ok {
+				t.Fatalf("destination %s of %s also belongs to %s", d, sp.Key, o)
+			}
+			dests[d] = sp.Key
+		}
+		for _, sp := range fs.Services {
+			claim(sp, fmt.Sprintf("%s %s:%d", sp.Key.Protocol, sp.ClusterIP, sp.Port))
+			if sp.NodePort != 0 {
+				claim(sp, fmt.Sprintf("%s nodeport %d", sp.Key.Protocol, sp.NodePort))
+			}
+			for _, ip := range append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...) {
+				claim(sp, fmt.Sprintf("%s %s:%d", sp.Key.Protocol, ip, sp.Port))
+			}
+		}
 		if !slices.IsSortedFunc(fs.Services, func(a, b *proxy.ServicePort) int { return a.Key.Compare(b.Key) }) {
 			t.Fatalf("%s services not sorted", fs.Family)
 		}

@@ -160,11 +160,17 @@ func bigInputs(n, eps int) proxy.Inputs {
 	for i := range n {
 		name := fmt.Sprintf("svc-%d", i)
 		opts := []svcOpt{}
+		// NodePorts are unique, as the API server allocates them; the range
+		// holds 2768, so later NodePort-capable services get none.
+		np := int32(0)
+		if i < 2768 {
+			np = int32(30000 + i)
+		}
 		switch i % 5 {
 		case 1:
-			opts = append(opts, nodePort(int32(30000+i%2000)))
+			opts = append(opts, nodePort(np))
 		case 2:
-			opts = append(opts, lbIngress(lbIP(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256))), etpLocal, healthCheck(int32(32000+i%700)))
+			opts = append(opts, nodePort(np), lbIngress(lbIP(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256))), etpLocal, healthCheck(int32(32000+i%700)))
 		case 3:
 			opts = append(opts, itpLocal, affinity(nil))
 		}
