@@ -1,0 +1,341 @@
+package nft
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/google/nftables"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// The rule layout. A packet's path through the table:
+//
+//	nat-prerouting / nat-output ─▶ services:
+//	    daddr . proto . dport vmap @service-ips          ─▶ svc-* / local-* / ext-*
+//	    (NodePort addresses) proto . dport vmap @service-nodeports ─▶ ext-*
+//	ext-*: masquerade or short-circuit, then goto svc-* or local-*
+//	svc-* / local-*: masquerade off-cluster ClusterIP traffic, affinity,
+//	    numgen random mod N ─▶ endpoint-*: hairpin masquerade, affinity update, dnat
+//	nat-postrouting ─▶ masquerading: masquerade packets marked 0x4000
+//
+//	filter-prerouting / filter-output (before DNAT) ─▶ firewall-check:
+//	    LB IP . proto . port vmap @firewall-ips ─▶ fw-*: drop sources outside the ranges
+//	filter-input / filter-forward / filter-output-post-dnat (after DNAT) ─▶
+//	    service-endpoints-check / nodeport-endpoints-check: reject or drop
+//	    what was not DNATed and has no usable endpoint
+//
+// Per-service chain names carry a hash of the service key and of the
+// chain's content: a chain, once created, never changes. A changed Service
+// gets new chains, the maps are re-pointed to them, and the old ones are
+// flushed and later deleted. That keeps every sync to adds and element
+// swaps, and lets a restarted svcproxy recognise what is already correct.
+const (
+	chainServices       = "services"
+	chainMasquerading   = "masquerading"
+	chainMarkMasq       = "mark-for-masquerade"
+	chainReject         = "reject-chain"
+	chainFirewallCheck  = "firewall-check"
+	chainEndpointsCheck = "service-endpoints-check"
+	chainNodePortsCheck = "nodeport-endpoints-check"
+
+	mapServiceIPs          = "service-ips"
+	mapNodePorts           = "service-nodeports"
+	mapNoEndpoints         = "no-endpoint-services"
+	mapNoEndpointNodePorts = "no-endpoint-nodeports"
+	mapFirewall            = "firewall-ips"
+	setNodePortIPs         = "nodeport-ips"
+)
+
+// fragment is the part of a table that one service port (or the fixed
+// skeleton) contributes.
+type fragment struct {
+	chains []*chainDef
+	sets   []*setDef
+	elems  []setElem
+}
+
+type setElem struct {
+	set string
+	el  element
+}
+
+func base(typ nftables.ChainType, hook nftables.ChainHook, hookName string, prio int32) *baseChain {
+	return &baseChain{typ: typ, hook: hook, hookName: hookName, priority: prio}
+}
+
+// skeleton is the fixed part of a family's table: base chains, dispatch
+// chains and maps, masquerading.
+func skeleton(f *family, fs *proxy.FamilyState) *fragment {
+	fr := &fragment{}
+	for _, s := range []*setDef{
+		{name: mapServiceIPs, kind: destMap}, {name: mapNodePorts, kind: portMap},
+		{name: mapNoEndpoints, kind: destMap}, {name: mapNoEndpointNodePorts, kind: portMap},
+		{name: mapFirewall, kind: destMap},
+	} {
+		fr.sets = append(fr.sets, s)
+	}
+	// Which destinations count as NodePort addresses.
+	var nodePortMatch []stmt
+	switch np := fs.NodePorts; {
+	case np.AllLocal:
+		nodePortMatch = []stmt{fibLocal{}, addrMatch{negate: true, prefix: f.loopback}}
+	case len(np.Addresses) > 0:
+		fr.sets = append(fr.sets, &setDef{name: setNodePortIPs, kind: addrSet})
+		for _, a := range np.Addresses {
+			fr.elems = append(fr.elems, setElem{setNodePortIPs, element{addr: a}})
+		}
+		nodePortMatch = []stmt{inSet{set: setNodePortIPs}}
+	}
+	withNodePorts := func(rest ...stmt) []rule {
+		if nodePortMatch == nil {
+			return nil
+		}
+		return []rule{append(slices.Clone(nodePortMatch), rest...)}
+	}
+	newOnly := func(chain string) rule { return rule{ctStateNew{}, jump(chain)} }
+	fr.chains = []*chainDef{
+		{name: "nat-prerouting", base: base(nftables.ChainTypeNAT, *nftables.ChainHookPrerouting, "prerouting", -100), rules: []rule{{jump(chainServices)}}},
+		{name: "nat-output", base: base(nftables.ChainTypeNAT, *nftables.ChainHookOutput, "output", -100), rules: []rule{{jump(chainServices)}}},
+		{name: "nat-postrouting", base: base(nftables.ChainTypeNAT, *nftables.ChainHookPostrouting, "postrouting", 100), rules: []rule{{jump(chainMasquerading)}}},
+		{name: "filter-prerouting", base: base(nftables.ChainTypeFilter, *nftables.ChainHookPrerouting, "prerouting", -110), rules: []rule{newOnly(chainFirewallCheck)}},
+		{name: "filter-output", base: base(nftables.ChainTypeFilter, *nftables.ChainHookOutput, "output", -110), rules: []rule{newOnly(chainFirewallCheck)}},
+		{name: "filter-input", base: base(nftables.ChainTypeFilter, *nftables.ChainHookInput, "input", -110), rules: []rule{newOnly(chainNodePortsCheck), newOnly(chainEndpointsCheck)}},
+		{name: "filter-forward", base: base(nftables.ChainTypeFilter, *nftables.ChainHookForward, "forward", -110), rules: []rule{newOnly(chainEndpointsCheck)}},
+		{name: "filter-output-post-dnat", base: base(nftables.ChainTypeFilter, *nftables.ChainHookOutput, "output", -90), rules: []rule{newOnly(chainEndpointsCheck)}},
+		{name: chainServices, rules: append([]rule{{dispatch{withAddr: true, set: mapServiceIPs}}}, withNodePorts(dispatch{set: mapNodePorts})...)},
+		{name: chainFirewallCheck, rules: []rule{{dispatch{withAddr: true, set: mapFirewall}}}},
+		{name: chainEndpointsCheck, rules: []rule{{dispatch{withAddr: true, set: mapNoEndpoints}}}},
+		{name: chainNodePortsCheck, rules: withNodePorts(dispatch{set: mapNoEndpointNodePorts})},
+		{name: chainReject, rules: []rule{{rejectIt}}},
+		{name: chainMarkMasq, rules: []rule{{markSet}}},
+		{name: chainMasquerading, rules: []rule{{markUnset, vReturn}, {markClear}, {masqueradeIt}}},
+	}
+	return fr
+}
+
+// service lays out one service port: its chains, its affinity sets, and
+// the map elements that make it reachable.
+func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+	fr := &fragment{}
+	key := sp.Key.String()
+	proto := sp.Key.Protocol
+
+	// Endpoint chains, one per endpoint either policy uses.
+	epChain := map[netip.AddrPort]string{}
+	affSet := map[netip.AddrPort]string{}
+	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
+		ap := netip.AddrPortFrom(ep.IP, ep.Port)
+		epKey := key + "__" + ap.Addr().String() + "/" + strconv.Itoa(int(ap.Port()))
+		rules := []rule{{addrMatch{src: true, prefix: netip.PrefixFrom(ep.IP, ep.IP.BitLen())}, jump(chainMarkMasq)}}
+		if sp.AffinitySeconds > 0 {
+			s := &setDef{name: contentName("affinity", epKey, strconv.Itoa(int(sp.AffinitySeconds))), kind: affinity, timeout: sp.AffinitySeconds}
+			fr.sets = append(fr.sets, s)
+			affSet[ap] = s.name
+			rules = append(rules, rule{refreshAffinity{set: s.name}})
+		}
+		rules = append(rules, rule{dnat{proto: proto, to: ap}})
+		epChain[ap] = fr.chain(f, "endpoint", epKey, rules)
+	}
+
+	// Policy chains: pick an endpoint. The chain ClusterIP traffic enters
+	// also masquerades it when it comes from off the cluster.
+	masq := clusterIPMasquerade(fs, sp)
+	policyChain := func(prefix string, eps []proxy.Endpoint, internal bool) string {
+		if len(eps) == 0 {
+			return ""
+		}
+		var rules []rule
+		if internal && masq != nil {
+			rules = append(rules, masq)
+		}
+		targets := make([]string, len(eps))
+		for i, ep := range eps {
+			ap := netip.AddrPortFrom(ep.IP, ep.Port)
+			targets[i] = epChain[ap]
+			if s := affSet[ap]; s != "" {
+				rules = append(rules, rule{inSet{src: true, set: s}, goTo(targets[i])})
+			}
+		}
+		if len(targets) == 1 {
+			rules = append(rules, rule{goTo(targets[0])})
+		} else {
+			m := &setDef{name: contentName("endpoints", prefix+"/"+key, strings.Join(targets, "\n")), kind: pickMap}
+			fr.sets = append(fr.sets, m)
+			for i, c := range targets {
+				fr.elem(m.name, element{port: uint16(i), verdict: goTo(c)})
+			}
+			rules = append(rules, rule{pickEndpoint{n: len(targets), set: m.name}})
+		}
+		return fr.chain(f, prefix, key, rules)
+	}
+	clusterChain := policyChain("service", sp.ClusterEndpoints, !sp.InternalPolicyLocal)
+	localChain := policyChain("local", sp.LocalEndpoints, sp.InternalPolicyLocal)
+	internalChain := clusterChain
+	if sp.InternalPolicyLocal {
+		internalChain = localChain
+	}
+
+	// External chain: masquerade (policy Cluster) or keep the client's
+	// address and use local endpoints (policy Local), except for traffic
+	// from pods and from the node itself, which is treated as internal.
+	extChain := ""
+	if sp.ExternallyAccessible() && sp.HasEndpoints && clusterChain != "" {
+		var rules []rule
+		if sp.ExternalPolicyLocal {
+			for _, c := range fs.ClusterCIDRs {
+				rules = append(rules, rule{addrMatch{src: true, prefix: c}, goTo(clusterChain)})
+			}
+			rules = append(rules, rule{fibLocal{src: true}, jump(chainMarkMasq)}, rule{fibLocal{src: true}, goTo(clusterChain)})
+			if localChain != "" {
+				rules = append(rules, rule{goTo(localChain)})
+			}
+		} else {
+			rules = append(rules, rule{jump(chainMarkMasq)}, rule{goTo(clusterChain)})
+		}
+		extChain = fr.chain(f, "external", key, rules)
+	}
+
+	// Firewall chain: load-balancer source ranges.
+	if len(sp.LoadBalancerIPs) > 0 && len(sp.SourceRanges) > 0 {
+		var rules []rule
+		for _, r := range sp.SourceRanges {
+			rules = append(rules, rule{addrMatch{src: true, prefix: r}, vReturn})
+		}
+		rules = append(rules, rule{vDrop})
+		fw := fr.chain(f, "firewall", key, rules)
+		for _, ip := range sp.LoadBalancerIPs {
+			fr.elem(mapFirewall, element{addr: ip, proto: proto, port: sp.Port, verdict: goTo(fw)})
+		}
+	}
+
+	// Map elements.
+	externalIPs := append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...)
+	if v := sp.InternalVerdict(); v == proxy.Forward {
+		fr.elem(mapServiceIPs, element{addr: sp.ClusterIP, proto: proto, port: sp.Port, verdict: goTo(internalChain)})
+	} else {
+		fr.elem(mapNoEndpoints, element{addr: sp.ClusterIP, proto: proto, port: sp.Port, verdict: noEndpointVerdict(v)})
+	}
+	if extChain != "" {
+		for _, ip := range externalIPs {
+			fr.elem(mapServiceIPs, element{addr: ip, proto: proto, port: sp.Port, verdict: goTo(extChain)})
+		}
+		if sp.NodePort != 0 {
+			fr.elem(mapNodePorts, element{proto: proto, port: sp.NodePort, verdict: goTo(extChain)})
+		}
+	}
+	if v := sp.ExternalVerdict(); v != proxy.Forward && sp.ExternallyAccessible() {
+		for _, ip := range externalIPs {
+			fr.elem(mapNoEndpoints, element{addr: ip, proto: proto, port: sp.Port, verdict: noEndpointVerdict(v)})
+		}
+		if sp.NodePort != 0 {
+			fr.elem(mapNoEndpointNodePorts, element{proto: proto, port: sp.NodePort, verdict: noEndpointVerdict(v)})
+		}
+	}
+	return fr
+}
+
+// clusterIPMasquerade is the rule that marks ClusterIP traffic for
+// masquerading: all of it (masqueradeAll), or what comes from outside the
+// cluster CIDRs; nil when neither applies.
+func clusterIPMasquerade(fs *proxy.FamilyState, sp *proxy.ServicePort) rule {
+	dest := []stmt{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, portMatch{proto: sp.Key.Protocol, port: sp.Port}}
+	switch {
+	case fs.MasqueradeAll:
+		return append(dest, jump(chainMarkMasq))
+	case len(fs.ClusterCIDRs) > 0:
+		return append(dest, addrMatch{src: true, negate: true, prefix: fs.ClusterCIDRs[0]}, jump(chainMarkMasq))
+	}
+	return nil
+}
+
+func noEndpointVerdict(v proxy.Verdict) verdict {
+	if v == proxy.Drop {
+		return vDrop
+	}
+	return goTo(chainReject)
+}
+
+func unionEndpoints(a, b []proxy.Endpoint) []proxy.Endpoint {
+	out := append(slices.Clone(a), b...)
+	slices.SortFunc(out, func(x, y proxy.Endpoint) int {
+		return netip.AddrPortFrom(x.IP, x.Port).Compare(netip.AddrPortFrom(y.IP, y.Port))
+	})
+	return slices.CompactFunc(out, func(x, y proxy.Endpoint) bool { return x.IP == y.IP && x.Port == y.Port })
+}
+
+// chain adds a chain whose name is derived from its key and content, and
+// returns the name.
+func (fr *fragment) chain(f *family, prefix, key string, rules []rule) string {
+	var content strings.Builder
+	for _, r := range rules {
+		content.WriteString(r.text(f))
+		content.WriteByte('\n')
+	}
+	c := &chainDef{name: contentName(prefix, key, content.String()), rules: rules}
+	fr.chains = append(fr.chains, c)
+	return c.name
+}
+
+func (fr *fragment) elem(set string, e element) { fr.elems = append(fr.elems, setElem{set, e}) }
+
+// contentName is "prefix-HASH-readable": HASH covers the key and the
+// content, readable is the key made safe for nft identifiers.
+func contentName(prefix, key, content string) string {
+	sum := sha256.Sum256([]byte(prefix + "\x00" + key + "\x00" + content))
+	h := base32.StdEncoding.EncodeToString(sum[:])[:8]
+	return prefix + "-" + h + "-" + readable(key)
+}
+
+// readable keeps the characters nft accepts in an unquoted identifier and
+// bounds the length (names are limited to 255 bytes).
+func readable(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '/', c == '_', c == '-':
+		case c == ':':
+			b[i] = '.'
+		default:
+			b[i] = '_'
+		}
+	}
+	if len(b) > 200 {
+		b = b[:200]
+	}
+	return string(b)
+}
+
+// desired builds the complete table of one family.
+func desired(fs *proxy.FamilyState) *table {
+	f := familyFor(fs.Family)
+	t := newTable(f)
+	t.add(skeleton(f, fs))
+	for _, sp := range fs.Services {
+		t.add(service(f, fs, sp))
+	}
+	return t
+}
+
+func (t *table) add(fr *fragment) {
+	for _, s := range fr.sets {
+		t.sets[s.name] = s
+	}
+	for _, c := range fr.chains {
+		t.chains[c.name] = c
+	}
+	for _, e := range fr.elems {
+		t.elems[e.set] = append(t.elems[e.set], e.el)
+	}
+}
+
+// Render returns the canonical text of the rules for s: both tables as
+// `nft list table` prints them, sets and chains sorted by name, elements
+// sorted, dynamic set contents omitted.
+func Render(s *proxy.State) string {
+	return desired(s.IPv4).text() + desired(s.IPv6).text()
+}
