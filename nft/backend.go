@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxy"
 )
@@ -91,6 +92,35 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 	}
 	b.fullNext = false
 	b.last = s
+	// What this sync flushed is unreferenced now: delete it right away, in
+	// a transaction of its own. A failure here leaves only empty chains
+	// and unused sets, which the next sync deletes again.
+	if err := b.deleteStale(); err != nil {
+		klog.ErrorS(err, "Deleting stale nftables objects; will retry at the next sync")
+	}
+	return nil
+}
+
+// deleteStale deletes the chains and sets the last sync flushed.
+func (b *Backend) deleteStale() error {
+	t, err := b.newTx()
+	if err != nil {
+		return err
+	}
+	for f, c := range b.fams {
+		for n := range c.staleChains {
+			t.delChain(f, n)
+		}
+		for n := range c.staleSets {
+			t.delSet(f, n)
+		}
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	for _, c := range b.fams {
+		c.staleChains, c.staleSets = map[string]bool{}, map[string]bool{}
+	}
 	return nil
 }
 
