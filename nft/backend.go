@@ -107,12 +107,15 @@ func (b *Backend) deleteStale() error {
 	if err != nil {
 		return err
 	}
+	// Sets first: deleting a map drops its references to chains.
+	for f, c := range b.fams {
+		for n := range c.staleSets {
+			t.delSet(f, n)
+		}
+	}
 	for f, c := range b.fams {
 		for n := range c.staleChains {
 			t.delChain(f, n)
-		}
-		for n := range c.staleSets {
-			t.delSet(f, n)
 		}
 	}
 	if err := t.flush(); err != nil {
@@ -340,6 +343,9 @@ func (b *Backend) fullSync(s *proxy.State) error {
 		for name := range fams[p.f].staleChains {
 			t.flushChain(p.f, name)
 		}
+		for name := range fams[p.f].staleSets {
+			t.flushSetNamed(p.f, name)
+		}
 	}
 	if err := t.flush(); err != nil {
 		return err
@@ -373,11 +379,11 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		u := update{c: c, services: map[proxy.Key]*fragment{}}
 
 		// 1. What the previous sync flushed is unreferenced now.
-		for n := range c.staleChains {
-			t.delChain(f, n)
-		}
 		for n := range c.staleSets {
 			t.delSet(f, n)
+		}
+		for n := range c.staleChains {
+			t.delChain(f, n)
 		}
 
 		// 2. The fragments to compare.
@@ -480,6 +486,9 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		}
 		for _, name := range u.stale {
 			t.flushChain(f, name)
+		}
+		for _, name := range u.staleSet {
+			t.flushSetNamed(f, name)
 		}
 		if err := sendElems(t, f, setsByName, addElems, false); err != nil {
 			return err

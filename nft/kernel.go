@@ -123,6 +123,13 @@ func (t *tx) flushSet(f *family, s *setDef) {
 	t.msgs++
 }
 
+// flushSetNamed removes all elements of a set known only by name (the
+// kernel needs no more to flush it).
+func (t *tx) flushSetNamed(f *family, name string) {
+	t.conn.FlushSet(&nftables.Set{Table: t.table(f), Name: name})
+	t.msgs++
+}
+
 func (t *tx) chainRef(f *family, name string) *nftables.Chain {
 	return &nftables.Chain{Name: name, Table: t.table(f)}
 }
@@ -200,7 +207,7 @@ func nlElement(f *family, s *setDef, e element) nftables.SetElement {
 		key = append(key, pad([]byte{protoNum(e.proto)})...)
 		key = append(key, pad(be16(e.port))...)
 	case pickMap:
-		key = ne32(uint32(e.port))
+		key = ne32(e.index)
 	default:
 		key = e.addr.AsSlice()
 	}
@@ -275,7 +282,7 @@ func elemKey(s *setDef, e element) string {
 	case portMap:
 		return fmt.Sprintf("%d/%s", e.port, e.proto)
 	case pickMap:
-		return fmt.Sprint(e.port)
+		return fmt.Sprint(e.index)
 	}
 	return e.addr.String()
 }

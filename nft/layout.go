@@ -167,7 +167,7 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 			m := &setDef{name: contentName("endpoints", prefix+"/"+key, strings.Join(targets, "\n")), kind: pickMap}
 			fr.sets = append(fr.sets, m)
 			for i, c := range targets {
-				fr.elem(m.name, element{port: uint16(i), verdict: goTo(c)})
+				fr.elem(m.name, element{index: uint32(i), verdict: goTo(c)})
 			}
 			rules = append(rules, rule{pickEndpoint{n: len(targets), set: m.name}})
 		}

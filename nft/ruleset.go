@@ -38,6 +38,7 @@ type element struct {
 	addr    netip.Addr
 	proto   proxy.Protocol
 	port    uint16
+	index   uint32 // pickMap: the endpoint's number
 	verdict verdict
 }
 
@@ -122,7 +123,7 @@ func (s *setDef) elemText(e element) string {
 	case portMap:
 		return fmt.Sprintf("%s . %d : %s", e.proto.Lower(), e.port, e.verdict.text(nil))
 	case pickMap:
-		return fmt.Sprintf("0x%08x : %s", e.port, e.verdict.text(nil))
+		return fmt.Sprintf("0x%08x : %s", e.index, e.verdict.text(nil))
 	}
 	return e.addr.String()
 }
