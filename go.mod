@@ -3,6 +3,7 @@ module github.com/svcproxy/svcproxy
 go 1.26.0
 
 require (
+	github.com/coreos/go-iptables v0.8.0
 	github.com/google/nftables v0.3.0
 	golang.org/x/sys v0.40.0
 	k8s.io/api v0.36.3
@@ -11,7 +12,6 @@ require (
 )
 
 require (
-	github.com/coreos/go-iptables v0.8.0 // indirect
 	github.com/fxamacker/cbor/v2 v2.9.0 // indirect
 	github.com/go-logr/logr v1.4.3 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect

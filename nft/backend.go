@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -24,11 +26,14 @@ import (
 // A Backend is safe for concurrent use; syncs are serialised.
 type Backend struct {
 	netnsFD int
+	conn    *nftables.Conn // lasting; nil until first use and after an error
 
 	mu       sync.Mutex
 	fullNext bool
-	last     *proxy.State
-	fams     map[*family]*committed
+	// lastMessages counts the netlink messages of the last Sync.
+	lastMessages int
+	last         *proxy.State
+	fams         map[*family]*committed
 }
 
 // committed is what the kernel holds for one family, as far as we know.
@@ -40,6 +45,9 @@ type committed struct {
 	// Flushed chains and unreferenced sets, deleted at the next sync.
 	staleChains map[string]bool
 	staleSets   map[string]bool
+	// hairpin counts the services using each endpoint address; the
+	// address is in @hairpin-ips while its count is positive.
+	hairpin map[netip.Addr]int
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -81,6 +89,7 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 		return err
 	}
 	var err error
+	b.lastMessages = 0
 	if b.fullNext || b.last == nil {
 		err = b.fullSync(s)
 	} else {
@@ -150,6 +159,15 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		return err
 	}
 	b.last, b.fams, b.fullNext = nil, nil, true
+	b.closeConn()
+	return nil
+}
+
+// Close releases the netlink connection. The rules stay in place.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closeConn()
 	return nil
 }
 
@@ -159,7 +177,7 @@ func chainRank(c *chainDef) int {
 	switch {
 	case c.base != nil:
 		return 5
-	case c.name == chainMarkMasq || c.name == chainReject || c.name == chainMasquerading:
+	case c.name == chainReject || c.name == chainMasquerading:
 		return 0
 	case strings.HasPrefix(c.name, "endpoint-"):
 		return 1
@@ -230,7 +248,7 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			return err
 		}
 		c := &committed{services: map[proxy.Key]*fragment{}, live: map[string]bool{}, sets: map[string]bool{},
-			staleChains: map[string]bool{}, staleSets: map[string]bool{}}
+			staleChains: map[string]bool{}, staleSets: map[string]bool{}, hairpin: map[netip.Addr]int{}}
 		tbl := newTable(f)
 		c.skeleton = skeleton(f, fs)
 		tbl.add(c.skeleton)
@@ -238,6 +256,9 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			fr := service(f, fs, sp)
 			c.services[sp.Key] = fr
 			tbl.add(fr)
+			for _, ip := range fr.hairpin {
+				c.hairpin[ip]++
+			}
 		}
 		for n := range tbl.chains {
 			c.live[n] = true
@@ -365,6 +386,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 	type update struct {
 		c        *committed
 		services map[proxy.Key]*fragment
+		hairpin  map[netip.Addr]int // new counts of the addresses that changed
 		skeleton *fragment
 		added    []string // chains
 		addedSet []string
@@ -376,7 +398,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		f := familyFor(fs.Family)
 		c := b.fams[f]
 		d := s.Diff(b.last, fs.Family)
-		u := update{c: c, services: map[proxy.Key]*fragment{}}
+		u := update{c: c, services: map[proxy.Key]*fragment{}, hairpin: map[netip.Addr]int{}}
 
 		// 1. What the previous sync flushed is unreferenced now.
 		for n := range c.staleSets {
@@ -466,6 +488,28 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 				}
 			}
 		}
+		// Hairpin addresses: in the set while some service uses them.
+		setsByName[setHairpin] = skeletonSet(setHairpin)
+		for _, p := range pairs {
+			if p.old != nil {
+				for _, ip := range p.old.hairpin {
+					u.hairpin[ip] = countOr(u.hairpin, c.hairpin, ip) - 1
+				}
+			}
+			if p.new != nil {
+				for _, ip := range p.new.hairpin {
+					u.hairpin[ip] = countOr(u.hairpin, c.hairpin, ip) + 1
+				}
+			}
+		}
+		for ip, n := range u.hairpin {
+			switch was := c.hairpin[ip]; {
+			case was == 0 && n > 0:
+				addElems = append(addElems, setElem{setHairpin, element{addr: ip}})
+			case was > 0 && n == 0:
+				delElems = append(delElems, setElem{setHairpin, element{addr: ip}})
+			}
+		}
 		if err := sendElems(t, f, setsByName, delElems, true); err != nil {
 			return err
 		}
@@ -528,13 +572,28 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 			delete(c.sets, n)
 			c.staleSets[n] = true
 		}
+		for ip, n := range u.hairpin {
+			if n == 0 {
+				delete(c.hairpin, ip)
+			} else {
+				c.hairpin[ip] = n
+			}
+		}
 	}
 	return nil
 }
 
+// countOr is the pending count of ip, or else its committed one.
+func countOr(pending, committed map[netip.Addr]int, ip netip.Addr) int {
+	if n, ok := pending[ip]; ok {
+		return n
+	}
+	return committed[ip]
+}
+
 func isFixed(name string) bool {
 	switch name {
-	case chainServices, chainMasquerading, chainMarkMasq, chainReject, chainFirewallCheck, chainEndpointsCheck, chainNodePortsCheck:
+	case chainServices, chainMasquerading, chainReject, chainFirewallCheck, chainEndpointsCheck, chainNodePortsCheck:
 		return true
 	}
 	return false
@@ -585,6 +644,8 @@ func skeletonSet(name string) *setDef {
 		return &setDef{name: name, kind: portMap}
 	case setNodePortIPs:
 		return &setDef{name: name, kind: addrSet}
+	case setHairpin:
+		return &setDef{name: name, kind: hairpinSet}
 	}
 	return &setDef{name: name, kind: destMap}
 }

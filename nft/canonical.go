@@ -132,8 +132,6 @@ func canonicalSet(lines []string) string {
 			continue
 		case l == "type ipv4_addr":
 			perLine = 2
-		case l == "type mark : verdict":
-			perLine = 10
 		case strings.HasPrefix(l, "flags ") && strings.Contains(l, "dynamic"):
 			dynamic = true
 		}

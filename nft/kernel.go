@@ -4,11 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -22,8 +20,10 @@ import (
 const (
 	maxMessages    = 20000
 	socketBuffer   = 64 << 20
-	elemsPerMsg    = 1024
 	affinitySetMax = 65535
+	// elemListBytes bounds the encoded elements of one message: the
+	// element list is one netlink attribute, whose length is 16 bits.
+	elemListBytes = 48 << 10
 )
 
 // tx accumulates one kernel transaction.
@@ -32,18 +32,24 @@ type tx struct {
 	msgs   int
 	nextID uint32
 	tables map[*family]*nftables.Table
+	// counter, if set, accumulates the messages of flushed transactions.
+	counter *int
+	owner   *Backend
 }
 
 func (b *Backend) newTx() (*tx, error) {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
-	if b.netnsFD >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(b.netnsFD))
+	if b.conn == nil {
+		opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
+		if b.netnsFD >= 0 {
+			opts = append(opts, nftables.WithNetNSFd(b.netnsFD))
+		}
+		c, err := nftables.New(opts...)
+		if err != nil {
+			return nil, fmt.Errorf("netlink: %w", err)
+		}
+		b.conn = c
 	}
-	c, err := nftables.New(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
-	}
-	return &tx{conn: c, nextID: 1, tables: map[*family]*nftables.Table{}}, nil
+	return &tx{conn: b.conn, nextID: 1, tables: map[*family]*nftables.Table{}, counter: &b.lastMessages, owner: b}, nil
 }
 
 // bigBuffers raises the socket buffers past the system limits (root only;
@@ -87,11 +93,9 @@ func (t *tx) nlSet(f *family, s *setDef) *nftables.Set {
 		ns.DataType = nftables.TypeVerdict
 	case addrSet:
 		ns.KeyType = f.addrType
-	case pickMap:
-		ns.IsMap = true
-		ns.KeyType = nftables.TypeMark
-		ns.DataType = nftables.TypeVerdict
-		ns.KeyByteOrder = binaryutil.NativeEndian
+	case hairpinSet:
+		ns.Concatenation = true
+		ns.KeyType = nftables.MustConcatSetType(f.addrType, f.addrType)
 	case affinity:
 		ns.KeyType = f.addrType
 		ns.Dynamic, ns.HasTimeout = true, true
@@ -172,27 +176,36 @@ func (t *tx) delChain(f *family, name string) {
 	t.msgs++
 }
 
-// elements adds (or, with del, deletes) elements of one set, many per
-// message.
+// elements adds (or, with del, deletes) elements of one set, as many per
+// message as fit one netlink attribute.
 func (t *tx) elements(f *family, s *setDef, els []element, del bool) error {
 	ns := t.nlSet(f, s)
-	for chunk := range slices.Chunk(els, elemsPerMsg) {
-		nl := make([]nftables.SetElement, len(chunk))
-		for i, e := range chunk {
-			nl[i] = nlElement(f, s, e)
-		}
-		var err error
-		if del {
-			err = t.conn.SetDeleteElements(ns, nl)
-		} else {
-			err = t.conn.SetAddElements(ns, nl)
-		}
-		if err != nil {
-			return err
+	send := func(nl []nftables.SetElement) error {
+		if len(nl) == 0 {
+			return nil
 		}
 		t.msgs++
+		if del {
+			return t.conn.SetDeleteElements(ns, nl)
+		}
+		return t.conn.SetAddElements(ns, nl)
 	}
-	return nil
+	var batch []nftables.SetElement
+	size := 0
+	for _, e := range els {
+		el := nlElement(f, s, e)
+		// Key, verdict chain name, and the attribute headers around them.
+		n := len(el.Key) + len(el.Val) + len(e.verdict.chain) + 48
+		if size+n > elemListBytes {
+			if err := send(batch); err != nil {
+				return err
+			}
+			batch, size = nil, 0
+		}
+		batch = append(batch, el)
+		size += n
+	}
+	return send(batch)
 }
 
 func nlElement(f *family, s *setDef, e element) nftables.SetElement {
@@ -206,8 +219,8 @@ func nlElement(f *family, s *setDef, e element) nftables.SetElement {
 	case portMap:
 		key = append(key, pad([]byte{protoNum(e.proto)})...)
 		key = append(key, pad(be16(e.port))...)
-	case pickMap:
-		key = ne32(e.index)
+	case hairpinSet:
+		key = append(e.addr.AsSlice(), e.addr.AsSlice()...)
 	default:
 		key = e.addr.AsSlice()
 	}
@@ -224,9 +237,23 @@ func (t *tx) flush() error {
 		return nil
 	}
 	if err := t.conn.Flush(); err != nil {
+		// The connection may hold unread replies or a sticky error: start
+		// the next transaction on a fresh one.
+		t.owner.closeConn()
 		return fmt.Errorf("nftables transaction of %d messages: %w", t.msgs, err)
 	}
+	if t.counter != nil {
+		*t.counter += t.msgs
+	}
 	return nil
+}
+
+// closeConn drops the lasting netlink connection.
+func (b *Backend) closeConn() {
+	if b.conn != nil {
+		_ = b.conn.CloseLasting()
+		b.conn = nil
+	}
 }
 
 // encoder gives statements what they may need from the transaction.
@@ -281,8 +308,6 @@ func elemKey(s *setDef, e element) string {
 		return netip.AddrPortFrom(e.addr, e.port).String() + "/" + string(e.proto)
 	case portMap:
 		return fmt.Sprintf("%d/%s", e.port, e.proto)
-	case pickMap:
-		return fmt.Sprint(e.index)
 	}
 	return e.addr.String()
 }

@@ -16,28 +16,35 @@ import (
 // The rule layout. A packet's path through the table:
 //
 //	nat-prerouting / nat-output ─▶ services:
-//	    daddr . proto . dport vmap @service-ips          ─▶ svc-* / local-* / ext-*
-//	    (NodePort addresses) proto . dport vmap @service-nodeports ─▶ ext-*
-//	ext-*: masquerade or short-circuit, then goto svc-* or local-*
-//	svc-* / local-*: masquerade off-cluster ClusterIP traffic, affinity,
-//	    numgen random mod N ─▶ endpoint-*: hairpin masquerade, affinity update, dnat
-//	nat-postrouting ─▶ masquerading: masquerade packets marked 0x4000
+//	    daddr . proto . dport vmap @service-ips            ─▶ service-* / local-* / external-*
+//	    (NodePort addresses) proto . dport vmap @service-nodeports ─▶ external-*
+//	external-*: mark for masquerade or short-circuit, then goto service-* or local-*
+//	service-* / local-*: mark off-cluster ClusterIP traffic for masquerade, then
+//	    pick an endpoint — `numgen random mod k 0` for k = N..2, then the last —
+//	    and dnat to it; with ClientIP affinity, first check each endpoint's
+//	    affinity set, and go to endpoint-*: remember the client, dnat
+//	nat-postrouting ─▶ masquerading: mark hairpin packets (source == destination
+//	    after DNAT, via @hairpin-ips), then masquerade what is marked 0x4000
 //
 //	filter-prerouting / filter-output (before DNAT) ─▶ firewall-check:
-//	    LB IP . proto . port vmap @firewall-ips ─▶ fw-*: drop sources outside the ranges
+//	    LB IP . proto . port vmap @firewall-ips ─▶ firewall-*: drop sources outside the ranges
 //	filter-input / filter-forward / filter-output-post-dnat (after DNAT) ─▶
 //	    service-endpoints-check / nodeport-endpoints-check: reject or drop
 //	    what was not DNATed and has no usable endpoint
 //
-// Per-service chain names carry a hash of the service key and of the
-// chain's content: a chain, once created, never changes. A changed Service
-// gets new chains, the maps are re-pointed to them, and the old ones are
-// flushed and later deleted. That keeps every sync to adds and element
-// swaps, and lets a restarted svcproxy recognise what is already correct.
+// The number of sets is constant (but for affinity, as in kube-proxy, one
+// per endpoint of an affinity Service): the kernel finds a set by name in
+// a list, so per-service sets make a sync quadratic. Chains are hashed by
+// name; endpoints get no chain of their own unless affinity needs one.
+//
+// Per-service chain and map names carry a hash of the service key and of
+// their content: once created, they never change. A changed Service gets
+// new ones, the maps are re-pointed to them, and the old ones are flushed
+// and then deleted. That keeps every sync to adds and element swaps, and
+// lets a restarted svcproxy recognise what is already correct.
 const (
 	chainServices       = "services"
 	chainMasquerading   = "masquerading"
-	chainMarkMasq       = "mark-for-masquerade"
 	chainReject         = "reject-chain"
 	chainFirewallCheck  = "firewall-check"
 	chainEndpointsCheck = "service-endpoints-check"
@@ -49,6 +56,7 @@ const (
 	mapNoEndpointNodePorts = "no-endpoint-nodeports"
 	mapFirewall            = "firewall-ips"
 	setNodePortIPs         = "nodeport-ips"
+	setHairpin             = "hairpin-ips"
 )
 
 // fragment is the part of a table that one service port (or the fixed
@@ -57,6 +65,9 @@ type fragment struct {
 	chains []*chainDef
 	sets   []*setDef
 	elems  []setElem
+	// hairpin lists the endpoint addresses of the fragment; @hairpin-ips
+	// holds the union over all fragments.
+	hairpin []netip.Addr
 }
 
 type setElem struct {
@@ -75,7 +86,7 @@ func skeleton(f *family, fs *proxy.FamilyState) *fragment {
 	for _, s := range []*setDef{
 		{name: mapServiceIPs, kind: destMap}, {name: mapNodePorts, kind: portMap},
 		{name: mapNoEndpoints, kind: destMap}, {name: mapNoEndpointNodePorts, kind: portMap},
-		{name: mapFirewall, kind: destMap},
+		{name: mapFirewall, kind: destMap}, {name: setHairpin, kind: hairpinSet},
 	} {
 		fr.sets = append(fr.sets, s)
 	}
@@ -112,8 +123,7 @@ func skeleton(f *family, fs *proxy.FamilyState) *fragment {
 		{name: chainEndpointsCheck, rules: []rule{{dispatch{withAddr: true, set: mapNoEndpoints}}}},
 		{name: chainNodePortsCheck, rules: withNodePorts(dispatch{set: mapNoEndpointNodePorts})},
 		{name: chainReject, rules: []rule{{rejectIt}}},
-		{name: chainMarkMasq, rules: []rule{{markSet}}},
-		{name: chainMasquerading, rules: []rule{{markUnset, vReturn}, {markClear}, {masqueradeIt}}},
+		{name: chainMasquerading, rules: []rule{{hairpin{set: setHairpin}, markSet}, {markUnset, vReturn}, {markClear}, {masqueradeIt}}},
 	}
 	return fr
 }
@@ -125,25 +135,26 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 	key := sp.Key.String()
 	proto := sp.Key.Protocol
 
-	// Endpoint chains, one per endpoint either policy uses.
+	// With affinity, one chain per endpoint either policy uses: it
+	// remembers the client, then DNATs.
 	epChain := map[netip.AddrPort]string{}
 	affSet := map[netip.AddrPort]string{}
 	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
+		fr.hairpin = append(fr.hairpin, ep.IP)
+		if sp.AffinitySeconds == 0 {
+			continue
+		}
 		ap := netip.AddrPortFrom(ep.IP, ep.Port)
 		epKey := key + "__" + ap.Addr().String() + "/" + strconv.Itoa(int(ap.Port()))
-		rules := []rule{{addrMatch{src: true, prefix: netip.PrefixFrom(ep.IP, ep.IP.BitLen())}, jump(chainMarkMasq)}}
-		if sp.AffinitySeconds > 0 {
-			s := &setDef{name: contentName("affinity", epKey, strconv.Itoa(int(sp.AffinitySeconds))), kind: affinity, timeout: sp.AffinitySeconds}
-			fr.sets = append(fr.sets, s)
-			affSet[ap] = s.name
-			rules = append(rules, rule{refreshAffinity{set: s.name}})
-		}
-		rules = append(rules, rule{dnat{proto: proto, to: ap}})
-		epChain[ap] = fr.chain(f, "endpoint", epKey, rules)
+		s := &setDef{name: contentName("affinity", epKey, strconv.Itoa(int(sp.AffinitySeconds))), kind: affinity, timeout: sp.AffinitySeconds}
+		fr.sets = append(fr.sets, s)
+		affSet[ap] = s.name
+		epChain[ap] = fr.chain(f, "endpoint", epKey, []rule{{refreshAffinity{set: s.name}}, {dnat{proto: proto, to: ap}}})
 	}
+	fr.hairpin = slices.Compact(fr.hairpin) // sorted by address already
 
 	// Policy chains: pick an endpoint. The chain ClusterIP traffic enters
-	// also masquerades it when it comes from off the cluster.
+	// also marks it for masquerading when it comes from off the cluster.
 	masq := clusterIPMasquerade(fs, sp)
 	policyChain := func(prefix string, eps []proxy.Endpoint, internal bool) string {
 		if len(eps) == 0 {
@@ -153,23 +164,27 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		if internal && masq != nil {
 			rules = append(rules, masq)
 		}
-		targets := make([]string, len(eps))
-		for i, ep := range eps {
+		// Each endpoint's action: with affinity, go to its chain (which
+		// remembers the client); without, DNAT right here.
+		action := func(ep proxy.Endpoint) stmt {
 			ap := netip.AddrPortFrom(ep.IP, ep.Port)
-			targets[i] = epChain[ap]
-			if s := affSet[ap]; s != "" {
-				rules = append(rules, rule{inSet{src: true, set: s}, goTo(targets[i])})
+			if sp.AffinitySeconds > 0 {
+				return goTo(epChain[ap])
+			}
+			return dnat{proto: proto, to: ap}
+		}
+		if sp.AffinitySeconds > 0 {
+			for _, ep := range eps {
+				ap := netip.AddrPortFrom(ep.IP, ep.Port)
+				rules = append(rules, rule{inSet{src: true, set: affSet[ap]}, goTo(epChain[ap])})
 			}
 		}
-		if len(targets) == 1 {
-			rules = append(rules, rule{goTo(targets[0])})
-		} else {
-			m := &setDef{name: contentName("endpoints", prefix+"/"+key, strings.Join(targets, "\n")), kind: pickMap}
-			fr.sets = append(fr.sets, m)
-			for i, c := range targets {
-				fr.elem(m.name, element{index: uint32(i), verdict: goTo(c)})
+		for i, ep := range eps {
+			if left := len(eps) - i; left > 1 {
+				rules = append(rules, rule{oneIn{n: left}, action(ep)})
+			} else {
+				rules = append(rules, rule{action(ep)})
 			}
-			rules = append(rules, rule{pickEndpoint{n: len(targets), set: m.name}})
 		}
 		return fr.chain(f, prefix, key, rules)
 	}
@@ -190,12 +205,12 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 			for _, c := range fs.ClusterCIDRs {
 				rules = append(rules, rule{addrMatch{src: true, prefix: c}, goTo(clusterChain)})
 			}
-			rules = append(rules, rule{fibLocal{src: true}, jump(chainMarkMasq)}, rule{fibLocal{src: true}, goTo(clusterChain)})
+			rules = append(rules, rule{fibLocal{src: true}, markSet}, rule{fibLocal{src: true}, goTo(clusterChain)})
 			if localChain != "" {
 				rules = append(rules, rule{goTo(localChain)})
 			}
 		} else {
-			rules = append(rules, rule{jump(chainMarkMasq)}, rule{goTo(clusterChain)})
+			rules = append(rules, rule{markSet}, rule{goTo(clusterChain)})
 		}
 		extChain = fr.chain(f, "external", key, rules)
 	}
@@ -246,9 +261,9 @@ func clusterIPMasquerade(fs *proxy.FamilyState, sp *proxy.ServicePort) rule {
 	dest := []stmt{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, portMatch{proto: sp.Key.Protocol, port: sp.Port}}
 	switch {
 	case fs.MasqueradeAll:
-		return append(dest, jump(chainMarkMasq))
+		return append(dest, markSet)
 	case len(fs.ClusterCIDRs) > 0:
-		return append(dest, addrMatch{src: true, negate: true, prefix: fs.ClusterCIDRs[0]}, jump(chainMarkMasq))
+		return append(dest, addrMatch{src: true, negate: true, prefix: fs.ClusterCIDRs[0]}, markSet)
 	}
 	return nil
 }
@@ -330,6 +345,12 @@ func (t *table) add(fr *fragment) {
 	}
 	for _, e := range fr.elems {
 		t.elems[e.set] = append(t.elems[e.set], e.el)
+	}
+	for _, ip := range fr.hairpin {
+		if !t.hairpin[ip] {
+			t.hairpin[ip] = true
+			t.elems[setHairpin] = append(t.elems[setHairpin], element{addr: ip})
+		}
 	}
 }
 

@@ -18,11 +18,11 @@ const TableName = "svcproxy"
 type setKind uint8
 
 const (
-	destMap  setKind = iota // addr . proto . port : verdict
-	portMap                 // proto . port : verdict
-	addrSet                 // addr
-	affinity                // addr, filled by packets, entries expire
-	pickMap                 // endpoint index (host-order u32, type mark) : verdict
+	destMap    setKind = iota // addr . proto . port : verdict
+	portMap                   // proto . port : verdict
+	addrSet                   // addr
+	affinity                  // addr, filled by packets, entries expire
+	hairpinSet                // addr . addr, one per endpoint address
 )
 
 // setDef is a named set or map of the table.
@@ -38,7 +38,6 @@ type element struct {
 	addr    netip.Addr
 	proto   proxy.Protocol
 	port    uint16
-	index   uint32 // pickMap: the endpoint's number
 	verdict verdict
 }
 
@@ -101,8 +100,8 @@ func (s *setDef) typeText(f *family) string {
 		return fmt.Sprintf("%s_addr . inet_proto . inet_service : verdict", f.addrTypeName())
 	case portMap:
 		return "inet_proto . inet_service : verdict"
-	case pickMap:
-		return "mark : verdict"
+	case hairpinSet:
+		return fmt.Sprintf("%[1]s_addr . %[1]s_addr", f.addrTypeName())
 	}
 	return f.addrTypeName() + "_addr"
 }
@@ -114,7 +113,9 @@ func (f *family) addrTypeName() string {
 	return "ipv4"
 }
 
-func (s *setDef) isMap() bool { return s.kind == destMap || s.kind == portMap || s.kind == pickMap }
+func (s *setDef) isMap() bool {
+	return s.kind == destMap || s.kind == portMap
+}
 
 func (s *setDef) elemText(e element) string {
 	switch s.kind {
@@ -122,18 +123,16 @@ func (s *setDef) elemText(e element) string {
 		return fmt.Sprintf("%s . %s . %d : %s", e.addr, e.proto.Lower(), e.port, e.verdict.text(nil))
 	case portMap:
 		return fmt.Sprintf("%s . %d : %s", e.proto.Lower(), e.port, e.verdict.text(nil))
-	case pickMap:
-		return fmt.Sprintf("0x%08x : %s", e.index, e.verdict.text(nil))
+	case hairpinSet:
+		return fmt.Sprintf("%s . %s", e.addr, e.addr)
 	}
 	return e.addr.String()
 }
 
 // perLine is how many elements nft prints on one line of a set listing:
-// marks ten by ten, IPv4 addresses two by two, the rest one by one.
+// IPv4 addresses two by two, the rest one by one.
 func (s *setDef) perLine(f *family) int {
 	switch {
-	case s.kind == pickMap:
-		return 10
 	case s.kind == addrSet && f.Family == proxy.IPv4:
 		return 2
 	}
@@ -166,10 +165,12 @@ type table struct {
 	sets   map[string]*setDef
 	elems  map[string][]element // by set name
 	chains map[string]*chainDef
+	// hairpin is the set of addresses already in @hairpin-ips.
+	hairpin map[netip.Addr]bool
 }
 
 func newTable(f *family) *table {
-	return &table{fam: f, sets: map[string]*setDef{}, elems: map[string][]element{}, chains: map[string]*chainDef{}}
+	return &table{fam: f, sets: map[string]*setDef{}, elems: map[string][]element{}, chains: map[string]*chainDef{}, hairpin: map[netip.Addr]bool{}}
 }
 
 // text prints the table as `nft list table` does, with sets and chains in

@@ -272,22 +272,37 @@ func (m inSet) exprs(f *family, _ *encoder) []expr.Any {
 	}
 }
 
-// pickEndpoint is `numgen random mod N vmap @m`, m mapping 0..N-1 to
-// endpoint chains. (A named map: google/nftables v0.3.0 marks anonymous
-// sets big-endian, which nft would misprint for numgen's host-order keys.)
-type pickEndpoint struct {
-	n   int
-	set string
-}
+// oneIn is `numgen random mod n 0`: true with probability 1/n. A
+// cascade of them — 1/N, 1/(N-1), ..., 1/2, then unconditional — picks
+// each of N endpoints with probability 1/N, using no set: the kernel finds
+// sets by name in a list, so per-service sets make syncs quadratic.
+type oneIn struct{ n int }
 
-func (p pickEndpoint) text(*family) string {
-	return fmt.Sprintf("numgen random mod %d vmap @%s", p.n, p.set)
-}
-
-func (p pickEndpoint) exprs(*family, *encoder) []expr.Any {
+func (o oneIn) text(*family) string { return fmt.Sprintf("numgen random mod %d 0", o.n) }
+func (o oneIn) exprs(*family, *encoder) []expr.Any {
 	return []expr.Any{
-		&expr.Numgen{Register: 1, Modulus: uint32(p.n), Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: 1, SetName: p.set, IsDestRegSet: true, DestRegister: 0},
+		&expr.Numgen{Register: 1, Modulus: uint32(o.n), Type: unix.NFT_NG_RANDOM},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ne32(0)},
+	}
+}
+
+// hairpin is `ip saddr . ip daddr @s`: after DNAT, a packet whose source
+// is its destination (a pod sent to itself through a Service).
+type hairpin struct{ set string }
+
+func (h hairpin) text(f *family) string {
+	return fmt.Sprintf("%[1]s saddr . %[1]s daddr @%[2]s", f.keyword, h.set)
+}
+
+func (h hairpin) exprs(f *family, _ *encoder) []expr.Any {
+	second := uint32(9)
+	if f.addrLen == 16 {
+		second = 2
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddrOff, Len: f.addrLen},
+		&expr.Payload{DestRegister: second, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrOff, Len: f.addrLen},
+		&expr.Lookup{SourceRegister: 1, SetName: h.set},
 	}
 }
 

@@ -1,0 +1,442 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	goipt "github.com/coreos/go-iptables/iptables"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// Backend programs a proxy.State as iptables rules, with iptables-restore
+// --noflush payloads: per sync, one restore per table (filter, then nat)
+// per family, each atomic. Only chains named SVCP-* and one jump per
+// built-in chain (nat PREROUTING, OUTPUT, POSTROUTING; filter INPUT,
+// FORWARD, OUTPUT) are ever written; other owners' chains and rules in the
+// same tables are left as they are.
+//
+// It keeps what it committed in memory and, after the first sync, writes
+// only the chains of the services that changed, plus the dispatch chains
+// (rewritten whole); chains no longer wanted are flushed and deleted in the
+// same restore. A table in which nothing changed is not restored at all. A
+// regular sync never reads iptables-save. A full sync
+// (the first, the one after a failure, the one after RequestFullSync)
+// reads iptables-save once per family to adopt the chains already there
+// (a restarted svcproxy takes its chains over in place, without traffic
+// interruption), rewrites every chain, deletes the stale ones and any
+// extra or outdated jump to them from built-in chains, and re-checks the
+// built-in jumps: it repairs whatever others changed.
+//
+// The variant (legacy or nft) is chosen at the first Sync (see WithMode).
+// A Backend is safe for concurrent use; syncs are serialised.
+type Backend struct {
+	netns string
+	mode  Mode
+
+	mu       sync.Mutex
+	resolved Mode // the variant in use; ModeAuto until chosen
+	ipt      map[proxy.Family]*goipt.IPTables
+	fullNext bool
+	last     *proxy.State
+	mem      map[proxy.Family]*committed
+	payloads []string // the restore payloads of the last Sync, for tests
+}
+
+// committed is what the kernel holds for one family: the chains and
+// dispatch rules of each service port, and the text of the fixed chains of
+// each table.
+type committed struct {
+	frags map[proxy.Key]*fragment
+	fixed map[string]string
+}
+
+var _ proxy.Backend = (*Backend)(nil)
+
+// Option configures a Backend.
+type Option func(*Backend)
+
+// WithNetNS makes the backend program the named network namespace
+// (/run/netns/NAME) instead of the caller's: iptables-restore and
+// iptables-save run through `ip netns exec NAME`, and go-iptables' commands
+// from a thread that entered the namespace.
+func WithNetNS(name string) Option { return func(b *Backend) { b.netns = name } }
+
+// WithMode forces the iptables variant. With ModeAuto (the default) the
+// backend uses the variant that already holds svcproxy's chains, else the
+// one kubelet marks with KUBE-IPTABLES-HINT or KUBE-KUBELET-CANARY, else
+// the one with more rules, else nft.
+func WithMode(m Mode) Option { return func(b *Backend) { b.mode = m } }
+
+// New returns a Backend. Nothing runs until Sync or Cleanup.
+func New(opts ...Option) *Backend {
+	b := &Backend{fullNext: true}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
+}
+
+// Mode returns the variant in use: ModeAuto until the first Sync has
+// chosen one.
+func (b *Backend) Mode() Mode {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.resolved
+}
+
+// RequestFullSync makes the next Sync a full one (see Backend), which
+// repairs changes others made to svcproxy's chains and jumps.
+func (b *Backend) RequestFullSync() {
+	b.mu.Lock()
+	b.fullNext = true
+	b.mu.Unlock()
+}
+
+// setup chooses the variant, once.
+func (b *Backend) setup(ctx context.Context) error {
+	if b.ipt != nil {
+		return nil
+	}
+	m := b.mode
+	var ipt map[proxy.Family]*goipt.IPTables
+	var err error
+	if m == ModeAuto {
+		m, ipt, err = b.detect(ctx)
+	} else {
+		ipt, err = probe(m)
+	}
+	if err != nil {
+		return err
+	}
+	b.resolved, b.ipt = m, ipt
+	return nil
+}
+
+// Sync implements proxy.Backend. Errors surface from choosing the variant
+// (no usable iptables tools), from iptables-save (full syncs), from
+// iptables-restore (the failed table is unchanged; tables restored before
+// it in the same Sync keep their new rules) and from ensuring the built-in
+// jumps. After an error the next Sync is a full one.
+func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
+	full := b.fullNext || b.last == nil || b.mem == nil
+	b.payloads = nil
+	mem, err := b.sync(ctx, s, full)
+	if err != nil {
+		b.fullNext = true
+		return err
+	}
+	b.mem, b.last, b.fullNext = mem, s, false
+	return nil
+}
+
+// tablePlan is one table's part of a sync.
+type tablePlan struct {
+	write   []*chain
+	stale   map[string]bool
+	deletes []string // "-D CHAIN spec" lines: jumps found in built-in chains that are not (or no longer) ours to keep
+}
+
+func (b *Backend) sync(ctx context.Context, s *proxy.State, full bool) (map[proxy.Family]*committed, error) {
+	newMem := map[proxy.Family]*committed{}
+	for _, fs := range s.Families() {
+		var old *committed
+		if b.mem != nil {
+			old = b.mem[fs.Family]
+		}
+		c, plans, missing, err := b.plan(ctx, s, fs, old, full)
+		if err != nil {
+			return nil, err
+		}
+		newMem[fs.Family] = c
+		for _, t := range tables {
+			p := plans[t]
+			if p == nil {
+				continue
+			}
+			payload := p.payload(t)
+			b.payloads = append(b.payloads, payload)
+			if err := b.restore(ctx, b.resolved, fs.Family, payload); err != nil {
+				return nil, fmt.Errorf("%s table %s: %w", fs.Family, t, err)
+			}
+		}
+		if err := b.ensureJumps(fs.Family, missing); err != nil {
+			return nil, err
+		}
+	}
+	return newMem, nil
+}
+
+// plan computes what one family's restores must write, what the kernel
+// will hold afterwards, and (full syncs) which built-in jumps iptables-save
+// did not show. No plans: nothing changed.
+func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyState, old *committed, full bool) (*committed, map[string]*tablePlan, []jump, error) {
+	f := familyFor(fs.Family)
+
+	// The services whose chains are rewritten or removed: all of them on a
+	// full sync or when a setting they all embed changed, else those that
+	// changed.
+	c := &committed{frags: map[proxy.Key]*fragment{}, fixed: map[string]string{}}
+	var keys []proxy.Key
+	d := s.Diff(b.last, fs.Family)
+	if !full && d.Empty() {
+		return old, nil, nil, nil
+	}
+	if full || d.GlobalChanged {
+		for _, sp := range fs.Services {
+			c.frags[sp.Key] = service(f, fs, sp)
+			keys = append(keys, sp.Key)
+		}
+		if old != nil {
+			for k := range old.frags {
+				if c.frags[k] == nil {
+					keys = append(keys, k)
+				}
+			}
+		}
+	} else {
+		for k, fr := range old.frags {
+			c.frags[k] = fr
+		}
+		keys = append(append(append(keys, d.Added...), d.Changed...), d.Removed...)
+		for _, k := range keys {
+			if sp := fs.Service(k); sp != nil {
+				c.frags[k] = service(f, fs, sp)
+			} else {
+				delete(c.frags, k)
+			}
+		}
+	}
+	slices.SortFunc(keys, proxy.Key.Compare)
+
+	// Chains to write: the fixed ones (the dispatch chains gather every
+	// service's rules), and those of the services considered.
+	ordered := make([]*fragment, len(fs.Services))
+	for i, sp := range fs.Services {
+		ordered[i] = c.frags[sp.Key]
+	}
+	plans := map[string]*tablePlan{}
+	wanted := map[string]bool{}
+	for _, t := range tables {
+		plans[t] = &tablePlan{stale: map[string]bool{}}
+	}
+	write := func(chs []*chain) {
+		for _, ch := range chs {
+			plans[ch.table].write = append(plans[ch.table].write, ch)
+			wanted[ch.table+" "+ch.name] = true
+		}
+	}
+	fixed := skeleton(f, fs, ordered)
+	for _, ch := range fixed {
+		c.fixed[ch.table] += ch.name + "\n" + strings.Join(ch.rules, "\n") + "\n"
+	}
+	write(fixed)
+	touched := map[string]bool{} // tables with service chains to write or delete
+	for _, k := range keys {
+		if fr := c.frags[k]; fr != nil {
+			write(fr.chains)
+		}
+		for _, fr := range []*fragment{c.frags[k], old.fragment(k)} {
+			for _, ch := range fr.chainList() {
+				touched[ch.table] = true
+			}
+		}
+	}
+
+	// Stale chains: on a full sync, ours that iptables-save lists and that
+	// are not written (the sync writes every wanted chain); otherwise the
+	// chains the services considered had and have no more.
+	var missing []jump
+	if full {
+		out, err := b.save(ctx, b.resolved, fs.Family)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: reading the rules to adopt: %w", fs.Family, err)
+		}
+		l := parseSave(out)
+		present := map[jump]bool{}
+		for _, t := range tables {
+			if tl := l[t]; tl != nil {
+				for n := range tl.chains {
+					if !wanted[t+" "+n] {
+						plans[t].stale[n] = true
+					}
+				}
+				plans[t].deletes = foreignJumps(t, tl, present)
+			}
+		}
+		for _, j := range jumps {
+			if !present[j] {
+				missing = append(missing, j)
+			}
+		}
+	} else {
+		for _, k := range keys {
+			for _, ch := range old.fragment(k).chainList() {
+				if !wanted[ch.table+" "+ch.name] {
+					plans[ch.table].stale[ch.name] = true
+				}
+			}
+		}
+		// A table whose fixed chains are unchanged and where no service
+		// chain changed is not restored at all.
+		for _, t := range tables {
+			if !touched[t] && c.fixed[t] == old.fixed[t] {
+				delete(plans, t)
+			}
+		}
+	}
+	return c, plans, missing, nil
+}
+
+func (c *committed) fragment(k proxy.Key) *fragment {
+	if c == nil {
+		return nil
+	}
+	return c.frags[k]
+}
+
+func (fr *fragment) chainList() []*chain {
+	if fr == nil {
+		return nil
+	}
+	return fr.chains
+}
+
+// foreignJumps returns "-D" lines for the rules of built-in chains that go
+// to our chains but are not one of our jumps, or repeat one, and records
+// the jumps found in present.
+func foreignJumps(table string, tl *tableListing, present map[jump]bool) []string {
+	var out []string
+	for _, name := range sortedKeys(tl.rules) {
+		if !builtinChains[name] {
+			continue
+		}
+		for _, r := range tl.rules[name] {
+			j := jump{table: table, chain: name, spec: r}
+			if slices.Contains(jumps, j) && !present[j] {
+				present[j] = true // keep the first one
+				continue
+			}
+			out = append(out, "-D "+name+" "+r)
+		}
+	}
+	return out
+}
+
+// payload is the iptables-restore --noflush input for one table: a ":"
+// line creates a chain or flushes it, so the chains written and the stale
+// ones are declared first; stale jumps are deleted, the rules appended, and
+// the stale chains, now unreferenced, deleted. Declarations are sorted:
+// iptables-nft-restore keeps chains sorted by name, and declaring 20000 of
+// them in another order takes it seconds longer.
+func (p *tablePlan) payload(table string) string {
+	var b strings.Builder
+	b.WriteString("*" + table + "\n")
+	stale := sortedKeys(p.stale)
+	declared := slices.Clone(stale)
+	for _, ch := range p.write {
+		declared = append(declared, ch.name)
+	}
+	slices.Sort(declared)
+	for _, n := range declared {
+		b.WriteString(":" + n + " - [0:0]\n")
+	}
+	for _, d := range p.deletes {
+		b.WriteString(d + "\n")
+	}
+	for _, ch := range p.write {
+		for _, r := range ch.rules {
+			b.WriteString("-A " + ch.name + " " + r + "\n")
+		}
+	}
+	for _, n := range stale {
+		b.WriteString("-X " + n + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// ensureJumps inserts, at position 1, each of the jumps that is missing.
+// Full syncs pass those iptables-save did not show (checking every jump
+// with iptables -C would read a large table once per jump).
+func (b *Backend) ensureJumps(f proxy.Family, js []jump) error {
+	if len(js) == 0 {
+		return nil
+	}
+	ipt := b.ipt[f]
+	return b.inNetNS(func() error {
+		for _, j := range js {
+			ok, err := ipt.Exists(j.table, j.chain, j.args()...)
+			if err != nil {
+				return fmt.Errorf("%s: checking the jump from %s %s: %w", f, j.table, j.chain, err)
+			}
+			if ok {
+				continue
+			}
+			if err := ipt.Insert(j.table, j.chain, 1, j.args()...); err != nil {
+				return fmt.Errorf("%s: inserting the jump from %s %s: %w", f, j.table, j.chain, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Cleanup implements proxy.Backend: it deletes the jumps to svcproxy's
+// chains from built-in chains and every SVCP-* chain, one restore per
+// table, and nothing else; tables are left in place, even when empty. It
+// cleans every usable variant (only the forced one with WithMode), so
+// that rules a run in the other mode left are removed too. It reads
+// iptables-save, and fails when it cannot, or when a restore fails (for
+// instance, a foreign rule still jumps to one of svcproxy's chains). The
+// next Sync starts over.
+func (b *Backend) Cleanup(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	modes := []Mode{b.mode}
+	if b.mode == ModeAuto {
+		modes = nil
+		for _, m := range []Mode{ModeNFT, ModeLegacy} {
+			if _, err := probe(m); err == nil {
+				modes = append(modes, m)
+			}
+		}
+		if len(modes) == 0 {
+			return fmt.Errorf("cleanup: no usable iptables variant")
+		}
+	}
+	for _, m := range modes {
+		for _, f := range []proxy.Family{proxy.IPv4, proxy.IPv6} {
+			out, err := b.save(ctx, m, f)
+			if err != nil {
+				return fmt.Errorf("cleanup: %w", err)
+			}
+			l := parseSave(out)
+			for _, t := range sortedKeys(l) {
+				p := &tablePlan{stale: l[t].chains}
+				for _, name := range sortedKeys(l[t].rules) {
+					if builtinChains[name] {
+						for _, r := range l[t].rules[name] {
+							p.deletes = append(p.deletes, "-D "+name+" "+r)
+						}
+					}
+				}
+				if err := b.restore(ctx, m, f, p.payload(t)); err != nil {
+					return fmt.Errorf("cleanup: %s %s table %s: %w", m, f, t, err)
+				}
+			}
+		}
+	}
+	b.mem, b.last, b.fullNext = nil, nil, true
+	return nil
+}
