@@ -41,9 +41,10 @@ test: deps lint
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
-# golden regenerates testdata golden files from the current code.
+# golden regenerates golden files from the current code (tests named
+# *Golden* rewrite their expected output when SVCPROXY_UPDATE_GOLDEN=1).
 golden:
-	$(GO) test ./... -run Golden -update
+	SVCPROXY_UPDATE_GOLDEN=1 $(GO) test -count=1 ./... -run Golden
 
 demo: deps build
 	./$(BIN) state -f examples/demo

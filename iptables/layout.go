@@ -32,8 +32,8 @@ import (
 //	    (INPUT only) NodePort addresses -j SVCP-NODEPORTS: REJECT / DROP
 //	    -j SVCP-SERVICES: REJECT / DROP what was not DNATed and has no usable endpoint
 //
-// It is the nftables backend's layout (nft/layout.go) rule for rule, with
-// these translations:
+// Packets meet the fate the nftables backend (nft/layout.go) gives them;
+// the form differs:
 //   - nft's verdict maps are one rule per element in the dispatch chains,
 //     using -g (goto) as the maps do: an external chain that ends without a
 //     verdict (externalTrafficPolicy Local, no local endpoint) leaves
@@ -45,9 +45,12 @@ import (
 //     --ctorigdstport). Same packets dropped; the only side effect is that an
 //     affinity entry may be recorded for a client whose packet is then
 //     dropped.
-//   - nft's numgen picks an endpoint in one step; iptables uses kube-proxy's
-//     cascade of -m statistic --probability 1/(n-i) rules, the last one
-//     unconditional.
+//   - endpoints are picked by kube-proxy's cascade of -m statistic
+//     --probability 1/(n-i) rules, the last one unconditional (nft: numgen).
+//   - hairpin traffic (an endpoint reaching itself through the Service) is
+//     marked in the endpoint's own chain, by source address, as kube-proxy
+//     does; nft marks it in postrouting (source == destination, from a set
+//     of endpoint addresses). Same packets masqueraded.
 //
 // Chain names are stable: SVCP-<kind>-<16 base32 chars of sha256 of the
 // service key> (and of the endpoint for SVCP-SEP-*). A changed service keeps
@@ -78,8 +81,9 @@ const (
 	// (kube-proxy's 0x4000, as in the nftables backend).
 	masqMark = "0x4000"
 
-	// maxComment is the longest comment the kernel's comment match takes
-	// (XT_MAX_COMMENT_LEN is 256 with the terminating NUL).
+	// maxComment is the longest comment the kernel's comment match keeps
+	// (XT_MAX_COMMENT_LEN is 256 with the terminating NUL); iptables cuts
+	// longer ones silently, so Render cuts them too.
 	maxComment = 255
 )
 
@@ -269,9 +273,9 @@ func commentMatch(text string) string {
 	return `-m comment --comment "` + string(b) + `"`
 }
 
-// probability is the --probability of the i-th of n rules of a cascade,
-// 1/(n-i), as iptables-save prints it: the kernel keeps it as a fraction of
-// 2^31, printed with 11 decimals.
+// probability is --probability 1/n as iptables-save prints it: the kernel
+// keeps it as a multiple of 2^-31, printed with 11 decimals. (The i-th of
+// n rules of a cascade has 1/(n-i).)
 func probability(n int) string {
 	v := math.Round(float64(1<<31) / float64(n))
 	return fmt.Sprintf("%.11f", v/float64(1<<31))
@@ -502,12 +506,4 @@ func skeleton(f *family, fs *proxy.FamilyState, frags []*fragment) []*chain {
 		{tableFilter, chainServices, gather(filterServices)},
 		{tableFilter, chainNodePorts, gather(filterNodePorts)},
 	}
-}
-
-func isFixed(name string) bool {
-	switch name {
-	case chainServices, chainNodePorts, chainMarkMasq, chainPostrouting, chainInput, chainForward, chainOutput, chainFirewall:
-		return true
-	}
-	return false
 }
