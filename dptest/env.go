@@ -82,7 +82,10 @@ func NewEnv(t *testing.T) *Env {
 		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0",
 		"net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
 	} {
-		n.MustRun(t, "sysctl", "-qw", s)
+		// /proc/sys/net belongs to the namespace of the writer: write it
+		// from inside (no dependency on procps' sysctl).
+		key, val, _ := strings.Cut(s, "=")
+		n.MustRun(t, "sh", "-c", fmt.Sprintf("echo %s > /proc/sys/%s", val, strings.ReplaceAll(key, ".", "/")))
 	}
 	// The external link.
 	n.MustRun(t, "ip", "link", "add", "c0", "type", "veth", "peer", "name", "eth0", "netns", e.Client.Name)

@@ -1,0 +1,80 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/sandbox"
+	"github.com/svcproxy/svcproxy/scale"
+)
+
+var benchScales = []int{1000, 10000, 50000}
+
+func payloadBytes(b *Backend) int {
+	n := 0
+	for _, p := range b.payloads {
+		n += len(p)
+	}
+	return n
+}
+
+// BenchmarkColdSync programs N services × 10 endpoints into an empty
+// network namespace, per variant.
+func BenchmarkColdSync(b *testing.B) {
+	for _, m := range modes {
+		sandbox.Require(b, command(m, proxy.IPv4, "-restore"))
+		for _, n := range benchScales {
+			b.Run(fmt.Sprintf("%s/services=%d", m, n), func(b *testing.B) {
+				st := proxy.Build(scale.Cluster(n, 10), scale.Config())
+				var bytes int
+				for b.Loop() {
+					b.StopTimer()
+					ns := sandbox.New(b, "bench")
+					be := New(WithNetNS(ns.Name), WithMode(m))
+					b.StartTimer()
+					if err := be.Sync(context.Background(), st); err != nil {
+						b.Fatal(err)
+					}
+					bytes = payloadBytes(be)
+				}
+				b.ReportMetric(float64(bytes), "payload-bytes/sync")
+			})
+		}
+	}
+}
+
+// BenchmarkOneChangeSync removes or restores one endpoint of one service
+// per sync on a node holding N services × 10 endpoints, per variant.
+func BenchmarkOneChangeSync(b *testing.B) {
+	for _, m := range modes {
+		sandbox.Require(b, command(m, proxy.IPv4, "-restore"))
+		for _, n := range benchScales {
+			b.Run(fmt.Sprintf("%s/services=%d", m, n), func(b *testing.B) {
+				in := scale.Cluster(n, 10)
+				full := proxy.Build(in, scale.Config())
+				in.EndpointSlices[n/2] = scale.Slice(n/2, 10, 1)
+				less := proxy.Build(in, scale.Config())
+				ns := sandbox.New(b, "bench")
+				be := New(WithNetNS(ns.Name), WithMode(m))
+				if err := be.Sync(context.Background(), full); err != nil {
+					b.Fatal(err)
+				}
+				i, bytes := 0, 0
+				for b.Loop() {
+					st := less
+					if i%2 == 1 {
+						st = full
+					}
+					i++
+					if err := be.Sync(context.Background(), st); err != nil {
+						b.Fatal(err)
+					}
+					bytes = payloadBytes(be)
+				}
+				b.ReportMetric(float64(bytes), "payload-bytes/sync")
+			})
+		}
+	}
+}
