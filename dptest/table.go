@@ -177,13 +177,18 @@ var Scenarios = []Scenario{
 	},
 }
 
-func init() {
-	// scale-down-and-add: web keeps b1 only, empty gains b2, sticky goes.
+// ScaleDownManifests is baseServices with web scaled down to b1, empty
+// given b2, and sticky deleted.
+func ScaleDownManifests() string {
 	m := baseServices
 	m = strings.Replace(m, slice("web", "IPv4", "http", "TCP", HTTPPort, "b1", "b2", "b3"), slice("web", "IPv4", "http", "TCP", HTTPPort, "b1"), 1)
 	m = strings.Replace(m, svc("sticky", `spec: {clusterIP: 10.96.0.13, sessionAffinity: ClientIP, ports: [{name: http, port: 80}]}`), "", 1)
 	m = strings.Replace(m, slice("sticky", "IPv4", "http", "TCP", HTTPPort, "b1", "b2", "b3"), "", 1)
-	m += slice("empty", "IPv4", "http", "TCP", HTTPPort, "b2")
+	return m + slice("empty", "IPv4", "http", "TCP", HTTPPort, "b2")
+}
+
+func init() {
+	m := ScaleDownManifests()
 	for i := range Scenarios {
 		if Scenarios[i].Name == "scale-down-and-add" {
 			Scenarios[i].Manifests = m

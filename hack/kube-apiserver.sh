@@ -102,10 +102,11 @@ install_etcd() {
 	} >&2 || rc=$?
 	if [[ $created_policy == 1 ]]; then rm -f "$policy"; fi
 	[[ $rc == 0 ]] || die "apt-get install etcd-server failed (exit $rc)"
-	# Belt and braces: if an init system started the default service anyway,
-	# stop it and keep it disabled (no-op without systemd).
-	if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-		systemctl disable --now etcd >/dev/null 2>&1 || true
+	# The package enables etcd.service for the next boot; disable it (works
+	# without a running systemd too) and stop it if systemd did start it.
+	if command -v systemctl >/dev/null; then
+		systemctl disable etcd >/dev/null 2>&1 || true
+		if [[ -d /run/systemd/system ]]; then systemctl stop etcd >/dev/null 2>&1 || true; fi
 	fi
 	[[ -x "$ETCD_BIN" ]] || die "etcd-server installed but $ETCD_BIN is missing"
 	log "etcd: $("$ETCD_BIN" --version 2>/dev/null | head -n1)"

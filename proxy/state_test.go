@@ -340,3 +340,15 @@ func TestDumpIncludesExternalNamesAndProblems(t *testing.T) {
 		}
 	}
 }
+
+func TestHealthChecks(t *testing.T) {
+	s := svc("lb", "10.96.0.10", ports(port("http", corev1.ProtocolTCP, 80, 30080), port("https", corev1.ProtocolTCP, 443, 30443)),
+		lbIngress(lbIP("198.51.100.1")), etpLocal, healthCheck(32000))
+	eps := slice("lb-1", "lb", []discoveryv1.EndpointPort{slicePort("http", corev1.ProtocolTCP, 8080), slicePort("https", corev1.ProtocolTCP, 8443)},
+		ep("10.0.1.1", "node-a"), ep("10.0.1.2", "node-a", terminating(true)), ep("10.0.2.1", "node-b"))
+	st := proxy.Build(objects(s, eps, svc("plain", "10.96.0.11")), baseConfig)
+	want := []proxy.HealthCheck{{Namespace: "ns", Name: "lb", Port: 32000, LocalEndpoints: 1}}
+	if got := st.IPv4.HealthChecks(); !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+}

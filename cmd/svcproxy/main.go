@@ -15,6 +15,8 @@ type command struct {
 }
 
 var commands = []command{
+	{"run", "the daemon: program this node's rules from an API server or --manifests DIR", runRun},
+	{"cleanup", "remove everything svcproxy programmed (nftables and iptables) and nothing else", runCleanup},
 	{"state", "print the model's desired state for manifests (no kernel, no root)", runState},
 }
 

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/controller"
+	"github.com/svcproxy/svcproxy/health"
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/nft"
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// runFlags are kube-proxy's flags, with its names, syntax and defaults,
+// plus --manifests.
+type runFlags struct {
+	kubeconfig, master, hostnameOverride, proxyMode string
+	clusterCIDR                                     string
+	masqueradeAll, cleanup                          bool
+	nodePortAddresses                               []string
+	minSyncPeriod, syncPeriod, configSyncPeriod     time.Duration
+	healthzBindAddress, metricsBindAddress          string
+	manifests                                       string
+}
+
+func (f *runFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Path to kubeconfig file with authorization information (in-cluster config when empty).")
+	fs.StringVar(&f.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
+	fs.StringVar(&f.hostnameOverride, "hostname-override", "", "If non-empty, will be used as the name of the Node that svcproxy is running on.")
+	fs.StringVar(&f.proxyMode, "proxy-mode", "iptables", "Which proxy mode to use: 'iptables' or 'nftables'.")
+	fs.StringVar(&f.clusterCIDR, "cluster-cidr", "", "The CIDR range of the pods in the cluster (comma-separated for dual-stack). Traffic from outside it to a ClusterIP is masqueraded.")
+	fs.BoolVar(&f.masqueradeAll, "masquerade-all", false, "SNAT all traffic sent via Service cluster IPs.")
+	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, "A list of CIDR ranges that contain valid node IPs, or the single string 'primary'. NodePorts are accepted only on those IPs. Default: 'primary' in nftables mode, all local IPs in iptables mode.")
+	fs.DurationVar(&f.minSyncPeriod, "min-sync-period", time.Second, "The minimum period between proxy rule resyncs (e.g. '5s', '1m', '2h22m'). 0 resyncs on every change.")
+	fs.DurationVar(&f.syncPeriod, "sync-period", 30*time.Second, "An interval (e.g. '5s', '1m', '2h22m') indicating how frequently various re-synchronizing and cleanup operations are performed. Must be greater than 0.")
+	fs.DurationVar(&f.configSyncPeriod, "config-sync-period", 15*time.Minute, "How often configuration from the apiserver is refreshed. Must be greater than 0.")
+	fs.StringVar(&f.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "The IP address and port for the health check server to serve on; empty to disable.")
+	fs.StringVar(&f.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "The IP address and port for the metrics server to serve on; empty to disable.")
+	fs.BoolVar(&f.cleanup, "cleanup", false, "If true cleanup iptables and nftables rules and exit.")
+	fs.StringVar(&f.manifests, "manifests", "", "Read Services, EndpointSlices and Nodes from this directory of manifests (watched for changes) instead of an API server.")
+}
+
+// newFlagSet is a pflag set that also carries klog's flags (-v, ...).
+func newFlagSet(name string, stderr io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	gfs := flag.NewFlagSet(name, flag.ContinueOnError)
+	klog.InitFlags(gfs)
+	fs.AddGoFlagSet(gfs)
+	return fs
+}
+
+func runRun(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("run", stderr)
+	var f runFlags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if f.cleanup {
+		return runCleanup(nil, stdout, stderr)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := f.run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "svcproxy run: %v\n", err)
+		return 1
+	}
+	klog.InfoS("Exiting; the rules stay in place")
+	klog.Flush()
+	return 0
+}
+
+func (f *runFlags) nodeName() (string, error) {
+	if f.hostnameOverride != "" {
+		return strings.ToLower(strings.TrimSpace(f.hostnameOverride)), nil
+	}
+	h, err := os.Hostname()
+	return strings.ToLower(h), err
+}
+
+func (f *runFlags) run(ctx context.Context) error {
+	if f.syncPeriod <= 0 {
+		return errors.New("--sync-period must be greater than 0")
+	}
+	node, err := f.nodeName()
+	if err != nil {
+		return err
+	}
+	cidrs, err := proxy.ParseCIDRs(f.clusterCIDR)
+	if err != nil {
+		return fmt.Errorf("--cluster-cidr: %w", err)
+	}
+	npa := f.nodePortAddresses
+	if len(npa) == 0 && f.proxyMode == "nftables" {
+		npa = []string{"primary"} // kube-proxy's nftables default
+	}
+	nodePorts, err := proxy.ParseNodePortAddresses(npa)
+	if err != nil {
+		return err
+	}
+
+	var backend proxy.Backend
+	failureMetric := "sync_proxy_rules_iptables_restore_failures_total"
+	switch f.proxyMode {
+	case "nftables":
+		b := nft.New()
+		defer b.Close()
+		backend, failureMetric = b, "sync_proxy_rules_nftables_sync_failures_total"
+	case "iptables", "":
+		backend = iptables.New()
+	default:
+		return fmt.Errorf("--proxy-mode %q: want iptables or nftables", f.proxyMode)
+	}
+
+	var src controller.Source
+	if f.manifests != "" {
+		src = controller.NewManifestSource(f.manifests, time.Second)
+	} else {
+		cfg, err := clientcmd.BuildConfigFromFlags(f.master, f.kubeconfig)
+		if err != nil {
+			return fmt.Errorf("API server configuration: %w", err)
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		src = controller.NewInformerSource(client, node, f.configSyncPeriod)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := controller.NewMetrics(reg, failureMetric)
+
+	proxyHealth := health.NewProxyHealth(2*f.syncPeriod, nil)
+	var listenIPs []netip.Addr // service health checks listen on the NodePort addresses when set
+	svcHealth := map[proxy.Family]*health.ServiceHealth{
+		proxy.IPv4: health.NewServiceHealth(corev1.IPv4Protocol, listenIPs, proxyHealth),
+		proxy.IPv6: health.NewServiceHealth(corev1.IPv6Protocol, listenIPs, proxyHealth),
+	}
+	defer func() {
+		for _, s := range svcHealth {
+			s.Close()
+		}
+	}()
+	families := []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	c := &controller.Controller{
+		Source:        src,
+		Backend:       backend,
+		Config:        proxy.Config{NodeName: node, ClusterCIDRs: cidrs, MasqueradeAll: f.masqueradeAll, NodePortAddresses: nodePorts},
+		MinSyncPeriod: f.minSyncPeriod,
+		SyncPeriod:    f.syncPeriod,
+		Metrics:       metrics,
+		Hooks: controller.Hooks{
+			Queued: func() {
+				for _, fam := range families {
+					proxyHealth.QueuedUpdate(fam)
+				}
+			},
+			Synced: func(st *proxy.State) {
+				for _, fam := range families {
+					proxyHealth.Updated(fam)
+				}
+				for _, n := range src.Inputs().Nodes {
+					if n.Name == node {
+						proxyHealth.SetNode(n)
+					}
+				}
+				syncServiceHealth(st, svcHealth)
+				logProblems(st)
+			},
+		},
+	}
+	if f.healthzBindAddress != "" {
+		go serveUntil(ctx, "healthz", f.healthzBindAddress, proxyHealth.Handler())
+	}
+	if f.metricsBindAddress != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		go serveUntil(ctx, "metrics", f.metricsBindAddress, mux)
+	}
+	klog.InfoS("Starting svcproxy", "node", node, "proxyMode", f.proxyMode, "manifests", f.manifests)
+	return c.Run(ctx)
+}
+
+// serveUntil serves h on addr until ctx ends, retrying a failed listen
+// every 5 seconds as kube-proxy does.
+func serveUntil(ctx context.Context, what, addr string, h http.Handler) {
+	for {
+		srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() { <-ctx.Done(); srv.Close() }()
+		err := srv.ListenAndServe()
+		if ctx.Err() != nil {
+			return
+		}
+		klog.ErrorS(err, "Serving failed; retrying", "server", what, "address", addr)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+func syncServiceHealth(st *proxy.State, servers map[proxy.Family]*health.ServiceHealth) {
+	for _, fs := range st.Families() {
+		ports := map[health.ServiceKey]uint16{}
+		counts := map[health.ServiceKey]int{}
+		for _, hc := range fs.HealthChecks() {
+			k := health.ServiceKey{Namespace: hc.Namespace, Name: hc.Name}
+			ports[k], counts[k] = hc.Port, hc.LocalEndpoints
+		}
+		if err := servers[fs.Family].Sync(ports); err != nil {
+			klog.ErrorS(err, "Health check servers", "family", fs.Family)
+		}
+		servers[fs.Family].SyncEndpoints(counts)
+	}
+}
+
+// logProblems logs each model problem once, when it first appears.
+var seenProblems = map[proxy.Problem]bool{}
+
+func logProblems(st *proxy.State) {
+	now := map[proxy.Problem]bool{}
+	for _, p := range st.Problems {
+		now[p] = true
+		if !seenProblems[p] {
+			klog.InfoS("Skipped invalid input", "object", p.Object(), "field", p.Field, "problem", p.Message)
+		}
+	}
+	seenProblems = now
+}
+
+// runCleanup removes everything svcproxy programmed, in both backends.
+func runCleanup(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("cleanup", stderr)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx := context.Background()
+	failed := false
+	for name, b := range map[string]proxy.Backend{"nftables": nft.New(), "iptables": iptables.New()} {
+		if err := b.Cleanup(ctx); err != nil {
+			fmt.Fprintf(stderr, "svcproxy cleanup: %s: %v\n", name, err)
+			failed = true
+		}
+	}
+	if failed {
+		return 1
+	}
+	fmt.Fprintln(stdout, "svcproxy rules removed (nftables and iptables)")
+	return 0
+}

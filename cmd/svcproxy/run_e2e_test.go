@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/svcproxy/svcproxy/dptest"
+	"github.com/svcproxy/svcproxy/sandbox"
+)
+
+const nodeManifest = `apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.168.50.2}, {type: InternalIP, address: "fd00:50::2"}]}
+`
+
+// buildBinary compiles svcproxy once per test binary run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "svcproxy")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// daemon is `svcproxy run` inside the node namespace.
+type daemon struct {
+	cmd  *exec.Cmd
+	logs *bytes.Buffer
+}
+
+func startDaemon(t *testing.T, bin string, node *sandbox.NS, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{logs: &bytes.Buffer{}}
+	d.cmd = exec.Command("ip", append([]string{"netns", "exec", node.Name, bin, "run"}, args...)...)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			_ = d.cmd.Process.Kill()
+			_ = d.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.logs)
+		}
+	})
+	return d
+}
+
+// stop sends SIGTERM and waits; the daemon must exit cleanly.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("daemon exited with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not exit on SIGTERM")
+	}
+}
+
+// eventually polls check until it returns nil or 20 s pass.
+func eventually(t *testing.T, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = check(); err == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, err)
+}
+
+// answers collects which pods answer n requests.
+func answers(env *dptest.Env, to string, n int) (map[string]bool, error) {
+	got := map[string]bool{}
+	as, err := env.Requests(env.Client, "tcp", netip.MustParseAddrPort(to), n, 2*time.Second)
+	for _, a := range as {
+		got[a.Pod] = true
+	}
+	return got, err
+}
+
+func httpInNS(ns *sandbox.NS, url string) (int, string, error) {
+	var conn net.Conn
+	host := strings.TrimPrefix(url, "http://")
+	host = host[:strings.Index(host, "/")]
+	if err := ns.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", host, 2*time.Second)
+		return err
+	}); err != nil {
+		return 0, "", err
+	}
+	tr := &http.Transport{DialContext: nil, Dial: func(string, string) (net.Conn, error) { return conn, nil }}
+	resp, err := (&http.Client{Transport: tr, Timeout: 3 * time.Second}).Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), nil
+}
+
+func TestRunFromManifestsEndToEnd(t *testing.T) {
+	bin := buildBinary(t)
+	for _, mode := range []string{"nftables", "iptables"} {
+		t.Run(mode, func(t *testing.T) {
+			env := dptest.NewEnv(t)
+			dir := t.TempDir()
+			write := func(name, content string) {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write("node.yaml", nodeManifest)
+			write("services.yaml", dptest.Scenarios[0].Manifests)
+			d := startDaemon(t, bin, env.Node, "--manifests", dir, "--proxy-mode", mode, "--hostname-override", "node-a",
+				"--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--min-sync-period", "0", "--sync-period", "5s",
+				"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
+
+			eventually(t, "web reaches all three pods", func() error {
+				got, err := answers(env, "10.96.0.10:80", 30)
+				if err != nil || len(got) != 3 {
+					return errorf("answers %v, %v", got, err)
+				}
+				return nil
+			})
+			// Edit the manifests: web keeps b1 only.
+			write("services.yaml", dptest.ScaleDownManifests())
+			eventually(t, "web follows the edit", func() error {
+				got, err := answers(env, "10.96.0.10:80", 20)
+				if err != nil || len(got) != 1 || !got["b1"] {
+					return errorf("answers %v, %v", got, err)
+				}
+				return nil
+			})
+			code, body, err := httpInNS(env.Node, "http://127.0.0.1:10256/healthz")
+			if err != nil || code != 200 || !strings.Contains(body, `"nodeEligible":true`) {
+				t.Errorf("/healthz: %d %q %v", code, body, err)
+			}
+			code, body, err = httpInNS(env.Node, "http://127.0.0.1:10249/metrics")
+			if err != nil || code != 200 || !strings.Contains(body, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") {
+				t.Errorf("/metrics: %d %v (%d bytes)", code, err, len(body))
+			}
+
+			// SIGTERM leaves the rules: traffic still flows.
+			d.stop(t)
+			if got, err := answers(env, "10.96.0.10:80", 5); err != nil || !got["b1"] {
+				t.Fatalf("after SIGTERM: %v, %v", got, err)
+			}
+			// cleanup removes them.
+			if out, err := env.Node.Run(bin, "cleanup"); err != nil {
+				t.Fatalf("cleanup: %v %s", err, out)
+			}
+			if _, err := env.Request(env.Client, "tcp", netip.MustParseAddrPort("10.96.0.10:80"), 500*time.Millisecond); err == nil {
+				t.Fatal("the ClusterIP still answers after cleanup")
+			}
+		})
+	}
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -1,0 +1,179 @@
+// Package controller turns changes of Services, EndpointSlices and the Node
+// into backend syncs, as kube-proxy does: bursts of changes are coalesced
+// into one sync, syncs are at least MinSyncPeriod apart, a full sync runs
+// every SyncPeriod (repairing anything changed behind our back), and a
+// failed sync is retried with backoff while the kernel keeps the last
+// rules that were programmed.
+//
+// The objects come from a Source: client-go informers against an API
+// server (NewInformerSource) or a directory of manifests (NewManifestSource).
+package controller
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// Source delivers the objects the model reads.
+type Source interface {
+	// Start begins watching and calls notify(kind) on every change, kind
+	// being "service", "endpointslice" or "node". It does not block.
+	Start(ctx context.Context, notify func(kind string)) error
+	// WaitForSync blocks until the source holds a complete first view, or
+	// ctx ends (false). Until then nothing is programmed: programming a
+	// partial view would delete rules that are still wanted.
+	WaitForSync(ctx context.Context) bool
+	// Inputs returns the current objects. The objects are shared, read-only.
+	Inputs() proxy.Inputs
+}
+
+// FullSyncer is implemented by backends that can be asked to rewrite
+// everything at their next sync.
+type FullSyncer interface{ RequestFullSync() }
+
+// Hooks are optional observers of the sync loop.
+type Hooks struct {
+	// Queued is called when a change is waiting to be programmed.
+	Queued func()
+	// Synced is called after every successful sync with the State that is
+	// now in the kernel.
+	Synced func(*proxy.State)
+	// Failed is called after every failed sync.
+	Failed func(error)
+}
+
+// Controller runs the sync loop.
+type Controller struct {
+	Source        Source
+	Backend       proxy.Backend
+	Config        proxy.Config
+	MinSyncPeriod time.Duration // kube-proxy --min-sync-period (may be 0)
+	SyncPeriod    time.Duration // kube-proxy --sync-period: periodic full sync
+	Hooks         Hooks
+	Metrics       *Metrics // may be nil
+
+	kick chan string
+}
+
+// Run syncs until ctx ends. It returns ctx's error, or the source's error
+// if it cannot start.
+func (c *Controller) Run(ctx context.Context) error {
+	if c.SyncPeriod <= 0 {
+		return errors.New("controller: SyncPeriod must be positive")
+	}
+	c.kick = make(chan string, 1024)
+	if err := c.Source.Start(ctx, c.notify); err != nil {
+		return err
+	}
+	klog.InfoS("Waiting for the first complete view of Services, EndpointSlices and the Node")
+	if !c.Source.WaitForSync(ctx) {
+		return ctx.Err()
+	}
+	klog.InfoS("Caches synced; programming rules")
+
+	var (
+		dirty     = true // the first sync
+		full      = true
+		lastStart time.Time
+		failures  int
+		retryAt   time.Time
+		wake      = time.NewTimer(0)
+		periodic  = time.NewTicker(c.SyncPeriod)
+	)
+	defer periodic.Stop()
+	defer wake.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case kind := <-c.kick:
+			dirty = true
+			c.queued(kind)
+			c.drain()
+		case <-periodic.C:
+			dirty, full = true, true // not a queued change: health is unaffected
+		case <-wake.C:
+		}
+		if !dirty {
+			continue
+		}
+		now := time.Now()
+		next := lastStart.Add(c.MinSyncPeriod)
+		if retryAt.After(next) {
+			next = retryAt
+		}
+		if now.Before(next) {
+			wake.Reset(next.Sub(now))
+			continue
+		}
+		lastStart = now
+		if err := c.sync(ctx, full); err != nil {
+			failures++
+			backoff := min(time.Second<<min(failures-1, 10), c.SyncPeriod)
+			retryAt = time.Now().Add(backoff)
+			klog.ErrorS(err, "Sync failed; the previous rules stay in place", "retryIn", backoff, "consecutiveFailures", failures)
+			wake.Reset(backoff)
+			full = true // a failed backend re-syncs fully anyway; say so
+			continue
+		}
+		failures, retryAt, dirty, full = 0, time.Time{}, false, false
+	}
+}
+
+// notify is the Source's change callback; it never blocks.
+func (c *Controller) notify(kind string) {
+	select {
+	case c.kick <- kind:
+	default: // a sync is already due; the change is in it
+	}
+}
+
+// drain takes the changes that piled up, so one sync covers a burst.
+func (c *Controller) drain() {
+	for {
+		select {
+		case kind := <-c.kick:
+			c.queued(kind)
+		default:
+			return
+		}
+	}
+}
+
+func (c *Controller) queued(kind string) {
+	if c.Metrics != nil {
+		c.Metrics.changeQueued(kind)
+	}
+	if c.Hooks.Queued != nil {
+		c.Hooks.Queued()
+	}
+}
+
+func (c *Controller) sync(ctx context.Context, full bool) error {
+	start := time.Now()
+	st := proxy.Build(c.Source.Inputs(), c.Config)
+	if fs, ok := c.Backend.(FullSyncer); ok && full {
+		fs.RequestFullSync()
+	}
+	err := c.Backend.Sync(ctx, st)
+	if c.Metrics != nil {
+		c.Metrics.synced(full, time.Since(start), err)
+	}
+	if err != nil {
+		if c.Hooks.Failed != nil {
+			c.Hooks.Failed(err)
+		}
+		return err
+	}
+	klog.V(2).InfoS("Synced", "full", full, "duration", time.Since(start),
+		"ipv4Services", len(st.IPv4.Services), "ipv6Services", len(st.IPv6.Services), "problems", len(st.Problems))
+	if c.Hooks.Synced != nil {
+		c.Hooks.Synced(st)
+	}
+	return nil
+}

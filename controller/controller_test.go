@@ -1,0 +1,171 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// fakeSource is a Source whose objects and sync state the test sets.
+type fakeSource struct {
+	mu     sync.Mutex
+	in     proxy.Inputs
+	notify func(string)
+	synced chan struct{}
+}
+
+func newFakeSource() *fakeSource { return &fakeSource{synced: make(chan struct{})} }
+
+func (f *fakeSource) Start(_ context.Context, notify func(string)) error {
+	f.mu.Lock()
+	f.notify = notify
+	f.mu.Unlock()
+	return nil
+}
+func (f *fakeSource) WaitForSync(ctx context.Context) bool {
+	select {
+	case <-f.synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+func (f *fakeSource) Inputs() proxy.Inputs { f.mu.Lock(); defer f.mu.Unlock(); return f.in }
+
+func (f *fakeSource) setServices(n int) {
+	f.mu.Lock()
+	f.in.Services = nil
+	for i := range n {
+		f.in.Services = append(f.in.Services, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: string(rune('a' + i))},
+			Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0." + string(rune('1'+i)), Ports: []corev1.ServicePort{{Port: 80}}},
+		})
+	}
+	notify := f.notify
+	f.mu.Unlock()
+	if notify != nil {
+		notify("service")
+	}
+}
+
+// recordingBackend records syncs and can be told to fail.
+type recordingBackend struct {
+	mu       sync.Mutex
+	syncs    []time.Time
+	services []int
+	fulls    int
+	fail     int // fail this many syncs
+}
+
+func (r *recordingBackend) Sync(_ context.Context, s *proxy.State) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail > 0 {
+		r.fail--
+		return errors.New("kernel says no")
+	}
+	r.syncs = append(r.syncs, time.Now())
+	r.services = append(r.services, len(s.IPv4.Services))
+	return nil
+}
+func (r *recordingBackend) Cleanup(context.Context) error { return nil }
+func (r *recordingBackend) Render(*proxy.State) string     { return "" }
+func (r *recordingBackend) RequestFullSync()               { r.mu.Lock(); r.fulls++; r.mu.Unlock() }
+func (r *recordingBackend) snapshot() ([]time.Time, []int, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]time.Time(nil), r.syncs...), append([]int(nil), r.services...), r.fulls
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func run(t *testing.T, c *Controller) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run returned %v", err)
+		}
+	})
+}
+
+func TestNothingIsProgrammedBeforeTheFirstCompleteView(t *testing.T) {
+	src, be := newFakeSource(), &recordingBackend{}
+	run(t, &Controller{Source: src, Backend: be, SyncPeriod: time.Hour})
+	src.setServices(1)
+	time.Sleep(100 * time.Millisecond)
+	if s, _, _ := be.snapshot(); len(s) != 0 {
+		t.Fatalf("synced %d times before the caches were synced", len(s))
+	}
+	close(src.synced)
+	waitFor(t, "first sync", func() bool { s, _, _ := be.snapshot(); return len(s) == 1 })
+	if _, svcs, fulls := be.snapshot(); svcs[0] != 1 || fulls != 1 {
+		t.Errorf("first sync: %d services, %d full syncs requested; want 1, 1", svcs[0], fulls)
+	}
+}
+
+func TestBurstsAreCoalescedAndSpacedByMinSyncPeriod(t *testing.T) {
+	src, be := newFakeSource(), &recordingBackend{}
+	close(src.synced)
+	const minPeriod = 200 * time.Millisecond
+	run(t, &Controller{Source: src, Backend: be, SyncPeriod: time.Hour, MinSyncPeriod: minPeriod})
+	waitFor(t, "first sync", func() bool { s, _, _ := be.snapshot(); return len(s) == 1 })
+	for i := range 50 {
+		src.setServices(i%5 + 1)
+	}
+	src.setServices(7)
+	waitFor(t, "the burst's sync", func() bool { _, svcs, _ := be.snapshot(); return len(svcs) > 1 && svcs[len(svcs)-1] == 7 })
+	time.Sleep(2 * minPeriod)
+	syncs, _, _ := be.snapshot()
+	if len(syncs) > 3 {
+		t.Errorf("a burst of 51 changes made %d syncs", len(syncs))
+	}
+	for i := 1; i < len(syncs); i++ {
+		if gap := syncs[i].Sub(syncs[i-1]); gap < minPeriod-10*time.Millisecond {
+			t.Errorf("syncs %d and %d only %v apart", i-1, i, gap)
+		}
+	}
+}
+
+func TestFailedSyncsAreRetried(t *testing.T) {
+	src, be := newFakeSource(), &recordingBackend{fail: 2}
+	close(src.synced)
+	var failures int
+	var mu sync.Mutex
+	run(t, &Controller{Source: src, Backend: be, SyncPeriod: time.Hour,
+		Hooks: Hooks{Failed: func(error) { mu.Lock(); failures++; mu.Unlock() }}})
+	waitFor(t, "a sync after two failures", func() bool { s, _, _ := be.snapshot(); return len(s) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if failures != 2 {
+		t.Errorf("%d failures reported, want 2", failures)
+	}
+	if _, _, fulls := be.snapshot(); fulls < 2 {
+		t.Errorf("retries after a failure should be full syncs; %d requested", fulls)
+	}
+}
+
+func TestPeriodicFullSync(t *testing.T) {
+	src, be := newFakeSource(), &recordingBackend{}
+	close(src.synced)
+	run(t, &Controller{Source: src, Backend: be, SyncPeriod: 100 * time.Millisecond})
+	waitFor(t, "three full syncs", func() bool { _, _, f := be.snapshot(); return f >= 3 })
+}

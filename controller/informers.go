@@ -1,0 +1,98 @@
+package controller
+
+import (
+	"context"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// proxySelector is kube-proxy's: objects of other proxies and headless
+// Services are not watched at all.
+const proxySelector = "!" + proxy.LabelServiceProxyName + ",!" + proxy.LabelHeadless
+
+// InformerSource watches an API server with client-go shared informers:
+// all Services and EndpointSlices (minus other proxies' and headless ones),
+// and this node's Node object.
+type InformerSource struct {
+	client   kubernetes.Interface
+	nodeName string
+	resync   time.Duration
+
+	services  corelisters.ServiceLister
+	slices    discoverylisters.EndpointSliceLister
+	nodes     corelisters.NodeLister
+	hasSynced []cache.InformerSynced
+}
+
+// NewInformerSource returns a Source backed by client. resync is the
+// informers' resync period (0: none; kube-proxy uses --config-sync-period).
+func NewInformerSource(client kubernetes.Interface, nodeName string, resync time.Duration) *InformerSource {
+	return &InformerSource{client: client, nodeName: nodeName, resync: resync}
+}
+
+// Start implements Source.
+func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
+	f := informers.NewSharedInformerFactoryWithOptions(s.client, s.resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxySelector }))
+	nf := informers.NewSharedInformerFactoryWithOptions(s.client, s.resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.nodeName).String()
+		}))
+	svc := f.Core().V1().Services()
+	sl := f.Discovery().V1().EndpointSlices()
+	node := nf.Core().V1().Nodes()
+	for _, x := range []struct {
+		inf  cache.SharedIndexInformer
+		kind string
+	}{{svc.Informer(), "service"}, {sl.Informer(), "endpointslice"}, {node.Informer(), "node"}} {
+		kind := x.kind
+		if _, err := x.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { notify(kind) },
+			UpdateFunc: func(old, cur any) {
+				if o, ok := old.(metav1.Object); ok {
+					if c, ok := cur.(metav1.Object); ok && o.GetResourceVersion() == c.GetResourceVersion() {
+						return // a periodic resync: nothing changed
+					}
+				}
+				notify(kind)
+			},
+			DeleteFunc: func(any) { notify(kind) },
+		}); err != nil {
+			return err
+		}
+		s.hasSynced = append(s.hasSynced, x.inf.HasSynced)
+	}
+	s.services, s.slices, s.nodes = svc.Lister(), sl.Lister(), node.Lister()
+	f.Start(ctx.Done())
+	nf.Start(ctx.Done())
+	return nil
+}
+
+// WaitForSync implements Source.
+func (s *InformerSource) WaitForSync(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), s.hasSynced...)
+}
+
+// Inputs implements Source.
+func (s *InformerSource) Inputs() proxy.Inputs {
+	var in proxy.Inputs
+	svcs, _ := s.services.List(labels.Everything())
+	slices, _ := s.slices.List(labels.Everything())
+	nodes, _ := s.nodes.List(labels.Everything())
+	in.Services = append([]*corev1.Service(nil), svcs...)
+	in.EndpointSlices = append([]*discoveryv1.EndpointSlice(nil), slices...)
+	in.Nodes = append([]*corev1.Node(nil), nodes...)
+	return in
+}

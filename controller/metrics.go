@@ -1,0 +1,82 @@
+package controller
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds kube-proxy's sync metrics, under kube-proxy's names, so
+// that existing dashboards keep working.
+type Metrics struct {
+	syncDuration        prometheus.Histogram
+	fullSyncDuration    prometheus.Histogram
+	partialSyncDuration prometheus.Histogram
+	lastSync            prometheus.Gauge
+	lastQueued          prometheus.Gauge
+	endpointPending     prometheus.Gauge
+	endpointTotal       prometheus.Counter
+	servicePending      prometheus.Gauge
+	serviceTotal        prometheus.Counter
+	syncFailures        prometheus.Counter
+}
+
+// NewMetrics registers the metrics with reg. failureMetric is the
+// backend's failure counter name ("sync_proxy_rules_nftables_sync_failures_total"
+// or "sync_proxy_rules_iptables_restore_failures_total", as in kube-proxy).
+func NewMetrics(reg prometheus.Registerer, failureMetric string) *Metrics {
+	buckets := prometheus.ExponentialBuckets(0.001, 2, 15)
+	m := &Metrics{
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "kubeproxy", Name: "sync_proxy_rules_duration_seconds",
+			Help: "SyncProxyRules latency in seconds", Buckets: buckets}),
+		fullSyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "kubeproxy", Name: "sync_full_proxy_rules_duration_seconds",
+			Help: "SyncProxyRules latency in seconds for full resyncs", Buckets: buckets}),
+		partialSyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "kubeproxy", Name: "sync_partial_proxy_rules_duration_seconds",
+			Help: "SyncProxyRules latency in seconds for partial resyncs", Buckets: buckets}),
+		lastSync: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kubeproxy", Name: "sync_proxy_rules_last_timestamp_seconds",
+			Help: "The last time proxy rules were successfully synced"}),
+		lastQueued: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kubeproxy", Name: "sync_proxy_rules_last_queued_timestamp_seconds",
+			Help: "The last time a sync of proxy rules was queued"}),
+		endpointPending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kubeproxy", Name: "sync_proxy_rules_endpoint_changes_pending",
+			Help: "Pending proxy rules Endpoint changes"}),
+		endpointTotal: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kubeproxy", Name: "sync_proxy_rules_endpoint_changes_total",
+			Help: "Cumulative proxy rules Endpoint changes"}),
+		servicePending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kubeproxy", Name: "sync_proxy_rules_service_changes_pending",
+			Help: "Pending proxy rules Service changes"}),
+		serviceTotal: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kubeproxy", Name: "sync_proxy_rules_service_changes_total",
+			Help: "Cumulative proxy rules Service changes"}),
+		syncFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kubeproxy", Name: failureMetric,
+			Help: "Cumulative proxy rules sync failures"}),
+	}
+	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.lastQueued,
+		m.endpointPending, m.endpointTotal, m.servicePending, m.serviceTotal, m.syncFailures)
+	return m
+}
+
+func (m *Metrics) changeQueued(kind string) {
+	m.lastQueued.SetToCurrentTime()
+	switch kind {
+	case "endpointslice":
+		m.endpointPending.Inc()
+		m.endpointTotal.Inc()
+	case "service":
+		m.servicePending.Inc()
+		m.serviceTotal.Inc()
+	}
+}
+
+func (m *Metrics) synced(full bool, d time.Duration, err error) {
+	if err != nil {
+		m.syncFailures.Inc()
+		return
+	}
+	m.syncDuration.Observe(d.Seconds())
+	if full {
+		m.fullSyncDuration.Observe(d.Seconds())
+	} else {
+		m.partialSyncDuration.Observe(d.Seconds())
+	}
+	m.lastSync.SetToCurrentTime()
+	m.endpointPending.Set(0)
+	m.servicePending.Set(0)
+}
