@@ -76,8 +76,8 @@ func (r *recordingBackend) Sync(_ context.Context, s *proxy.State) error {
 	return nil
 }
 func (r *recordingBackend) Cleanup(context.Context) error { return nil }
-func (r *recordingBackend) Render(*proxy.State) string     { return "" }
-func (r *recordingBackend) RequestFullSync()               { r.mu.Lock(); r.fulls++; r.mu.Unlock() }
+func (r *recordingBackend) Render(*proxy.State) string    { return "" }
+func (r *recordingBackend) RequestFullSync()              { r.mu.Lock(); r.fulls++; r.mu.Unlock() }
 func (r *recordingBackend) snapshot() ([]time.Time, []int, int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
