@@ -45,6 +45,10 @@ type Hooks struct {
 	Synced func(*proxy.State)
 	// Failed is called after every failed sync.
 	Failed func(error)
+	// NewProblems is called after a successful sync with the problems
+	// that the previous sync did not have (each is reported once while it
+	// lasts).
+	NewProblems func([]proxy.Problem)
 }
 
 // Controller runs the sync loop.
@@ -57,7 +61,8 @@ type Controller struct {
 	Hooks         Hooks
 	Metrics       *Metrics // may be nil
 
-	kick chan string
+	kick     chan string
+	problems map[proxy.Problem]bool
 }
 
 // Run syncs until ctx ends. It returns ctx's error, or the source's error
@@ -175,5 +180,21 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	if c.Hooks.Synced != nil {
 		c.Hooks.Synced(st)
 	}
+	c.reportProblems(st.Problems)
 	return nil
+}
+
+func (c *Controller) reportProblems(ps []proxy.Problem) {
+	now := make(map[proxy.Problem]bool, len(ps))
+	var fresh []proxy.Problem
+	for _, p := range ps {
+		now[p] = true
+		if !c.problems[p] {
+			fresh = append(fresh, p)
+		}
+	}
+	c.problems = now
+	if len(fresh) > 0 && c.Hooks.NewProblems != nil {
+		c.Hooks.NewProblems(fresh)
+	}
 }

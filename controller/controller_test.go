@@ -169,3 +169,42 @@ func TestPeriodicFullSync(t *testing.T) {
 	run(t, &Controller{Source: src, Backend: be, SyncPeriod: 100 * time.Millisecond})
 	waitFor(t, "three full syncs", func() bool { _, _, f := be.snapshot(); return f >= 3 })
 }
+
+func TestProblemsAreReportedOnceWhileTheyLast(t *testing.T) {
+	src, be := newFakeSource(), &recordingBackend{}
+	close(src.synced)
+	var mu sync.Mutex
+	var reported []string
+	run(t, &Controller{Source: src, Backend: be, SyncPeriod: 50 * time.Millisecond,
+		Hooks: Hooks{NewProblems: func(ps []proxy.Problem) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, p := range ps {
+				reported = append(reported, p.String())
+			}
+		}}})
+	bad := func(port int32) {
+		src.mu.Lock()
+		src.in.Services = []*corev1.Service{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "bad"},
+			Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.1", Ports: []corev1.ServicePort{{Name: "p", Port: port}}},
+		}}
+		notify := src.notify
+		src.mu.Unlock()
+		notify("service")
+	}
+	waitFor(t, "the source to start", func() bool { src.mu.Lock(); defer src.mu.Unlock(); return src.notify != nil })
+	bad(70000)
+	time.Sleep(300 * time.Millisecond) // several periodic syncs
+	bad(80)
+	time.Sleep(150 * time.Millisecond)
+	bad(70000)
+	waitFor(t, "the problem reported again", func() bool { mu.Lock(); defer mu.Unlock(); return len(reported) == 2 })
+	time.Sleep(150 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	want := "Service ns/bad: spec.ports[0].port: 70000 is out of range 1-65535: port skipped"
+	if len(reported) != 2 || reported[0] != want || reported[1] != want {
+		t.Errorf("reported %q", reported)
+	}
+}

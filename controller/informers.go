@@ -80,6 +80,28 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 	return nil
 }
 
+// ServiceOf returns the Service a problem is about: the Service itself, or
+// the one an EndpointSlice belongs to; nil if it is gone or unknown.
+func (s *InformerSource) ServiceOf(p proxy.Problem) *corev1.Service {
+	name := p.Name
+	switch p.Kind {
+	case "Service":
+	case "EndpointSlice":
+		sl, err := s.slices.EndpointSlices(p.Namespace).Get(p.Name)
+		if err != nil {
+			return nil
+		}
+		name = sl.Labels[discoveryv1.LabelServiceName]
+	default:
+		return nil
+	}
+	svc, err := s.services.Services(p.Namespace).Get(name)
+	if err != nil {
+		return nil
+	}
+	return svc
+}
+
 // WaitForSync implements Source.
 func (s *InformerSource) WaitForSync(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), s.hasSynced...)

@@ -20,7 +20,10 @@ import (
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/controller"
@@ -133,6 +136,7 @@ func (f *runFlags) run(ctx context.Context) error {
 	}
 
 	var src controller.Source
+	var onProblems func([]proxy.Problem)
 	if f.manifests != "" {
 		src = controller.NewManifestSource(f.manifests, time.Second)
 	} else {
@@ -144,7 +148,19 @@ func (f *runFlags) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		src = controller.NewInformerSource(client, node, f.configSyncPeriod)
+		is := controller.NewInformerSource(client, node, f.configSyncPeriod)
+		src = is
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+		defer broadcaster.Shutdown()
+		recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "svcproxy", Host: node})
+		onProblems = func(ps []proxy.Problem) {
+			for _, p := range ps {
+				if svc := is.ServiceOf(p); svc != nil {
+					recorder.Eventf(svc, corev1.EventTypeWarning, "InvalidInput", "%s", p.String())
+				}
+			}
+		}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -186,7 +202,14 @@ func (f *runFlags) run(ctx context.Context) error {
 					}
 				}
 				syncServiceHealth(st, svcHealth)
-				logProblems(st)
+			},
+			NewProblems: func(ps []proxy.Problem) {
+				for _, p := range ps {
+					klog.InfoS("Skipped invalid input", "object", p.Object(), "field", p.Field, "problem", p.Message)
+				}
+				if onProblems != nil {
+					onProblems(ps)
+				}
 			},
 		},
 	}
@@ -234,20 +257,6 @@ func syncServiceHealth(st *proxy.State, servers map[proxy.Family]*health.Service
 		}
 		servers[fs.Family].SyncEndpoints(counts)
 	}
-}
-
-// logProblems logs each model problem once, when it first appears.
-var seenProblems = map[proxy.Problem]bool{}
-
-func logProblems(st *proxy.State) {
-	now := map[proxy.Problem]bool{}
-	for _, p := range st.Problems {
-		now[p] = true
-		if !seenProblems[p] {
-			klog.InfoS("Skipped invalid input", "object", p.Object(), "field", p.Field, "problem", p.Message)
-		}
-	}
-	seenProblems = now
 }
 
 // runCleanup removes everything svcproxy programmed, in both backends.
