@@ -8,7 +8,7 @@ GO      ?= go
 BIN     := bin/svcproxy
 PKGS    := ./...
 
-.PHONY: all build test bench golden demo lint deps clean
+.PHONY: all build test bench golden demo lint deps apiserver clean
 
 all: build
 
@@ -33,10 +33,15 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
+# apiserver builds (once; cached in /var/cache/svcproxy) the real
+# kube-apiserver the integration tests run against, and installs etcd.
+apiserver:
+	hack/kube-apiserver.sh >/dev/null
+
 # test runs the whole suite. Under CI=true, tests that need root, network
 # namespaces, netfilter tools or an API server fail instead of skipping.
-test: deps lint
-	$(GO) test -count=1 $(PKGS)
+test: deps lint apiserver
+	$(GO) test -count=1 -timeout 30m $(PKGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)

@@ -61,18 +61,22 @@ etcd_ok() {
 	[[ "${SVCPROXY_SKIP_ETCD:-}" == 1 || -x "$ETCD_BIN" ]]
 }
 
-# Fast path: nothing to do, no lock, no go invocation.
-if cached && etcd_ok; then
+# Fast path: nothing to do, no lock, no go invocation. Without root a
+# missing etcd cannot be installed: say so, and leave it to the caller.
+if cached && { etcd_ok || [[ "$(id -u)" != 0 ]]; }; then
+	etcd_ok || log "warning: $ETCD_BIN missing and not root; install Debian package etcd-server (apt-get install etcd-server)"
 	printf '%s\n' "$BIN"
 	exit 0
 fi
 
-mkdir -p "$DIR" || die "cannot create cache dir $DIR (set SVCPROXY_CACHE to a writable dir)"
+if ! mkdir -p "$DIR" 2>/dev/null || [[ ! -w "$DIR" ]]; then
+	die "cache dir $DIR is not writable (run as root once, or set SVCPROXY_CACHE to a writable dir)"
+fi
 command -v flock >/dev/null || die "flock (util-linux) not found"
 
 # Serialise concurrent invocations: the second one waits, then finds the
 # binary built by the first.
-exec 9>"${CACHE}/.kube-apiserver.lock"
+exec 9>"${CACHE}/.kube-apiserver.lock" || die "cannot open lock file ${CACHE}/.kube-apiserver.lock"
 if ! flock -n 9; then
 	log "another invocation holds ${CACHE}/.kube-apiserver.lock; waiting (up to 30m)"
 	flock -w 1800 9 || die "timed out waiting for ${CACHE}/.kube-apiserver.lock"
