@@ -52,8 +52,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/svcproxy/svcproxy/sandbox"
 )
 
 // ServiceClusterIPRange is the --service-cluster-ip-range of every Server.
@@ -90,6 +93,10 @@ type Server struct {
 	caPEM      []byte
 	kubeconfig string
 	logs       string
+
+	// ns, when not nil, is the network namespace etcd and kube-apiserver
+	// run in (StartInNetNS); the test reaches them through it.
+	ns *sandbox.NS
 
 	mu        sync.Mutex
 	etcd      *proc
@@ -235,13 +242,27 @@ func isExecutable(p string) error {
 // tail of both logs first.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return start(t, nil)
+}
+
+// StartInNetNS is Start with etcd and kube-apiserver running inside the
+// network namespace ns, bound to its 127.0.0.1: a daemon started in the
+// same namespace reaches them through Kubeconfig, and the test's clients
+// (RESTConfig, Client) dial into the namespace.
+func StartInNetNS(t testing.TB, ns *sandbox.NS) *Server {
+	t.Helper()
+	return start(t, ns)
+}
+
+func start(t testing.TB, ns *sandbox.NS) *Server {
+	t.Helper()
 	Require(t)
 	apiBin, etcdBin, _ := ensureBinaries()
 
 	// TempDir before Cleanup: cleanups run last-registered first, so the
 	// processes are stopped before the directory is removed.
 	dir := t.TempDir()
-	s := &Server{t: t, dir: dir, apiBin: apiBin, etcdBin: etcdBin, logs: filepath.Join(dir, "logs")}
+	s := &Server{t: t, dir: dir, apiBin: apiBin, etcdBin: etcdBin, logs: filepath.Join(dir, "logs"), ns: ns}
 	t.Cleanup(s.cleanup)
 	if err := s.setup(); err != nil {
 		t.Fatalf("apiserver: %v", err)
@@ -344,23 +365,56 @@ func ecKeyPEM() ([]byte, error) {
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago. The
 // caller retries with another one if it is taken before use.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePort picks a free port on 127.0.0.1 of the server's namespace.
+func (s *Server) freePort() (int, error) {
+	var port int
+	err := s.inNS(func() error {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		port = l.Addr().(*net.TCPAddr).Port
+		return nil
+	})
+	return port, err
+}
+
+// inNS runs fn in the server's namespace (or right here without one).
+func (s *Server) inNS(fn func() error) error {
+	if s.ns == nil {
+		return fn()
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return s.ns.Do(fn)
+}
+
+// dial connects from inside the server's namespace.
+func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := s.inNS(func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// nsFD is the namespace's descriptor for startProc, or -1.
+func (s *Server) nsFD() int {
+	if s.ns == nil {
+		return -1
+	}
+	return s.ns.FD()
 }
 
 func (s *Server) startEtcd() error {
 	var lastErr error
 	for attempt := 0; attempt < portAttempts; attempt++ {
-		clientPort, err := freePort()
+		clientPort, err := s.freePort()
 		if err != nil {
 			return err
 		}
-		peerPort, err := freePort()
+		peerPort, err := s.freePort()
 		if err != nil {
 			return err
 		}
@@ -378,14 +432,14 @@ func (s *Server) startEtcd() error {
 			"--logger=zap",
 			"--log-outputs=stderr",
 		}
-		p, err := startProc("etcd", s.etcdBin, args, filepath.Join(s.logs, "etcd.log"), childEnv())
+		p, err := startProc("etcd", s.etcdBin, args, filepath.Join(s.logs, "etcd.log"), childEnv(), s.nsFD())
 		if err != nil {
 			return err
 		}
 		s.mu.Lock()
 		s.etcd = p
 		s.mu.Unlock()
-		client := &http.Client{Timeout: 5 * time.Second}
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: s.dial}}
 		err = waitReady(p, etcdReadyTimeout, func() bool {
 			resp, err := client.Get(clientURL + "/health")
 			if err != nil {
@@ -416,7 +470,7 @@ func (s *Server) startAPIServer(fresh bool) error {
 	var lastErr error
 	for attempt := 0; attempt < portAttempts; attempt++ {
 		if fresh {
-			port, err := freePort()
+			port, err := s.freePort()
 			if err != nil {
 				return err
 			}
@@ -428,7 +482,7 @@ func (s *Server) startAPIServer(fresh bool) error {
 		n := s.starts
 		s.mu.Unlock()
 		p, err := startProc(fmt.Sprintf("kube-apiserver (start %d)", n), s.apiBin, s.apiserverArgs(),
-			filepath.Join(s.logs, "kube-apiserver.log"), childEnv())
+			filepath.Join(s.logs, "kube-apiserver.log"), childEnv(), s.nsFD())
 		if err != nil {
 			return err
 		}
@@ -495,7 +549,7 @@ func (s *Server) httpClient() *http.Client {
 	pool.AppendCertsFromPEM(s.caPEM)
 	return &http.Client{
 		Timeout:   5 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DialContext: s.dial},
 	}
 }
 
@@ -535,6 +589,7 @@ func (s *Server) RESTConfig() *rest.Config {
 		QPS:             1000,
 		Burst:           2000,
 		Timeout:         30 * time.Second,
+		Dial:            s.dial,
 	}
 }
 
@@ -690,7 +745,7 @@ type proc struct {
 // startProc starts bin. The process gets its own process group (so signals
 // for the test's group don't reach it) and, on Linux, SIGKILL when the test
 // process dies (so a test binary killed by a timeout leaves nothing behind).
-func startProc(name, bin string, args []string, logPath string, env []string) (*proc, error) {
+func startProc(name, bin string, args []string, logPath string, env []string, netnsFD int) (*proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -709,6 +764,14 @@ func startProc(name, bin string, args []string, logPath string, env []string) (*
 		// goroutine to its thread and keep it there until the child has
 		// exited; returning while locked then retires the thread.
 		runtime.LockOSThread()
+		// A child inherits the forking thread's network namespace.
+		if netnsFD >= 0 {
+			if err := unix.Setns(netnsFD, unix.CLONE_NEWNET); err != nil {
+				logf.Close()
+				started <- fmt.Errorf("setns: %w", err)
+				return
+			}
+		}
 		err := cmd.Start()
 		logf.Close() // the child has its own descriptor
 		started <- err

@@ -228,6 +228,7 @@ func (b *builder) service(svc *corev1.Service, slices []*discoveryv1.EndpointSli
 				InternalPolicyLocal: spec.internalLocal,
 				ExternalPolicyLocal: spec.externalLocal,
 				AffinitySeconds:     spec.affinitySeconds,
+				created:             svc.CreationTimestamp.Time,
 			}
 			if len(fs.sourceRanges) > 0 && len(fs.lbIPs) > 0 {
 				sp.SourceRanges = sourceRanges(fs.sourceRanges, fs.lbIPs, b.primaryIP(f))

@@ -4,9 +4,11 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/proxy"
@@ -418,6 +420,25 @@ func TestBuild(t *testing.T) {
 				"Service ns/d: spec.ports: NodePort 30080/tcp is already used by ns/a/tcp/http: not programmed for port ns/d/tcp/http",
 				"Service ns/d: spec.ports: load-balancer IP 192.0.2.2:80 is already used by ns/a/tcp/http: not programmed for port ns/d/tcp/http",
 			},
+		},
+		{
+			name: "conflicting destinations: the older Service keeps them",
+			objs: []any{
+				svc("a-new", "10.96.0.11", externalIPs("192.0.2.1"), func(s *corev1.Service) {
+					s.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC))
+				}),
+				svc("z-old", "10.96.0.10", externalIPs("192.0.2.1"), func(s *corev1.Service) {
+					s.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+				}),
+			},
+			want: `
+				  ns/a-new/tcp/http 10.96.0.11:80
+				    internal reject
+				  ns/z-old/tcp/http 10.96.0.10:80 externalIPs=[192.0.2.1]
+				    internal reject
+				    external reject
+			`,
+			problems: []string{"Service ns/a-new: spec.ports: externalIP 192.0.2.1:80 is already used by ns/z-old/tcp/http: not programmed for port ns/a-new/tcp/http"},
 		},
 		{
 			name: "nil objects are ignored",

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // destination is one address:port a packet can be sent to, or a NodePort
@@ -16,11 +17,15 @@ type destination struct {
 // resolveConflicts makes every destination belong to one service port:
 // two Services claiming the same ClusterIP:port, externalIP:port,
 // load-balancer IP:port or NodePort cannot both be programmed (the kernel
-// has one verdict per destination). Ports are visited in Key order, so the
-// first claim wins and the outcome does not depend on input order; later
-// claims are removed and recorded as problems. A port whose ClusterIP
-// destination is taken is dropped whole.
+// has one verdict per destination). The older Service (creationTimestamp)
+// keeps the destination, so a new Service never breaks a working one; ties
+// (manifests without timestamps) go by Key. The outcome does not depend on
+// input order. Losing claims are removed and recorded as problems; a port
+// whose ClusterIP destination is taken is dropped whole.
 func resolveConflicts(fs *FamilyState, ps *problems) {
+	order := slices.Clone(fs.Services)
+	slices.SortStableFunc(order, func(a, b *ServicePort) int { return a.created.Compare(b.created) }) // Key order within equal times
+	dropped := map[*ServicePort]bool{}
 	owner := map[destination]Key{}
 	claim := func(sp *ServicePort, d destination, what string) bool {
 		if o, taken := owner[d]; taken {
@@ -33,9 +38,9 @@ func resolveConflicts(fs *FamilyState, ps *problems) {
 		owner[d] = sp.Key
 		return true
 	}
-	kept := fs.Services[:0]
-	for _, sp := range fs.Services {
+	for _, sp := range order {
 		if !claim(sp, destination{sp.ClusterIP, sp.Key.Protocol, sp.Port}, fmt.Sprintf("ClusterIP %s", netip.AddrPortFrom(sp.ClusterIP, sp.Port))) {
+			dropped[sp] = true
 			continue
 		}
 		changed := false
@@ -62,7 +67,6 @@ func resolveConflicts(fs *FamilyState, ps *problems) {
 			}
 			sp.Hash = servicePortHash(sp)
 		}
-		kept = append(kept, sp)
 	}
-	fs.Services = kept
+	fs.Services = slices.DeleteFunc(fs.Services, func(sp *ServicePort) bool { return dropped[sp] })
 }

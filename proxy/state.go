@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Family is an IP address family. Each family has its own FamilyState: a
@@ -171,6 +172,10 @@ type ServicePort struct {
 	// Topology is the hint set that narrowed ClusterEndpoints: "Zone",
 	// "Node", or "" when topology did not apply.
 	Topology string
+
+	// created is the Service's creationTimestamp: when two Services claim
+	// one destination, the older keeps it.
+	created time.Time
 }
 
 // ExternallyAccessible reports whether the port has any external
