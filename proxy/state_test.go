@@ -352,3 +352,34 @@ func TestHealthChecks(t *testing.T) {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
 }
+
+func TestUDPTargets(t *testing.T) {
+	s := svc("dns", "10.96.0.10", ports(port("dns", corev1.ProtocolUDP, 53, 30053)), externalIPs("192.0.2.1"))
+	s.Spec.Type = corev1.ServiceTypeNodePort
+	eps := slice("dns-1", "dns", []discoveryv1.EndpointPort{slicePort("dns", corev1.ProtocolUDP, 5353)}, ep("10.0.1.1", "node-a"))
+	empty := svc("none", "10.96.0.11", ports(port("dns", corev1.ProtocolUDP, 53, 0)))
+	tcp := svc("web", "10.96.0.12")
+	tg := proxy.Build(objects(s, eps, empty, tcp), baseConfig).IPv4.UDPTargets()
+	ap := netip.MustParseAddrPort
+	cases := []struct {
+		dst, reply string
+		nodePort   bool
+		stale      bool
+	}{
+		{"10.96.0.10:53", "10.0.1.1:5353", false, false},
+		{"10.96.0.10:53", "10.0.1.2:5353", false, true}, // endpoint gone
+		{"10.96.0.10:53", "10.96.0.10:53", false, true}, // made while there were no endpoints
+		{"192.0.2.1:53", "10.0.1.9:5353", false, true},
+		{"192.168.1.1:30053", "10.0.1.1:5353", true, false},
+		{"192.168.1.1:30053", "10.0.1.9:5353", true, true},
+		{"192.168.1.1:30053", "10.0.1.9:5353", false, false}, // not a node address
+		{"10.96.0.11:53", "10.96.0.11:53", false, false},     // still no endpoints: the reject stands
+		{"10.96.0.12:80", "10.0.9.9:80", false, false},       // TCP: not ours to clean
+		{"8.8.8.8:53", "8.8.8.8:53", false, false},
+	}
+	for _, c := range cases {
+		if got := tg.Stale(ap(c.dst), ap(c.reply), c.nodePort); got != c.stale {
+			t.Errorf("Stale(%s, %s, %v) = %v", c.dst, c.reply, c.nodePort, got)
+		}
+	}
+}

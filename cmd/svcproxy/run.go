@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/svcproxy/svcproxy/conntrack"
 	"github.com/svcproxy/svcproxy/controller"
 	"github.com/svcproxy/svcproxy/health"
 	"github.com/svcproxy/svcproxy/iptables"
@@ -178,6 +179,11 @@ func (f *runFlags) run(ctx context.Context) error {
 			s.Close()
 		}
 	}()
+	cleaner, err := conntrack.New("")
+	if err != nil {
+		return err
+	}
+	defer cleaner.Close()
 	families := []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
 	c := &controller.Controller{
 		Source:        src,
@@ -202,6 +208,11 @@ func (f *runFlags) run(ctx context.Context) error {
 					}
 				}
 				syncServiceHealth(st, svcHealth)
+				if n, err := cleaner.Clean(st); err != nil {
+					klog.ErrorS(err, "Deleting stale UDP conntrack entries")
+				} else if n > 0 {
+					klog.V(2).InfoS("Deleted stale UDP conntrack entries", "count", n)
+				}
 			},
 			NewProblems: func(ps []proxy.Problem) {
 				for _, p := range ps {
