@@ -32,6 +32,10 @@ type Source interface {
 	Inputs() proxy.Inputs
 }
 
+// TriggerTimer is implemented by sources that know when the changes they
+// report began (EndpointSlices' last-change-trigger-time).
+type TriggerTimer interface{ DrainTriggerTimes() []time.Time }
+
 // FullSyncer is implemented by backends that can be asked to rewrite
 // everything at their next sync.
 type FullSyncer interface{ RequestFullSync() }
@@ -63,6 +67,7 @@ type Controller struct {
 
 	kick     chan string
 	problems map[proxy.Problem]bool
+	triggers []time.Time // changes not yet programmed, by start time
 }
 
 // Run syncs until ctx ends. It returns ctx's error, or the source's error
@@ -161,6 +166,9 @@ func (c *Controller) queued(kind string) {
 
 func (c *Controller) sync(ctx context.Context, full bool) error {
 	start := time.Now()
+	if tt, ok := c.Source.(TriggerTimer); ok {
+		c.triggers = append(c.triggers, tt.DrainTriggerTimes()...)
+	}
 	st := proxy.Build(c.Source.Inputs(), c.Config)
 	if fs, ok := c.Backend.(FullSyncer); ok && full {
 		fs.RequestFullSync()
@@ -180,6 +188,12 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	if c.Hooks.Synced != nil {
 		c.Hooks.Synced(st)
 	}
+	if c.Metrics != nil {
+		for _, t := range c.triggers {
+			c.Metrics.programmed(time.Since(t))
+		}
+	}
+	c.triggers = nil
 	c.reportProblems(st.Problems)
 	return nil
 }

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,6 +30,9 @@ type InformerSource struct {
 	client   kubernetes.Interface
 	nodeName string
 	resync   time.Duration
+
+	mu       sync.Mutex
+	triggers []time.Time // last-change-trigger-times of slices changed since the last drain
 
 	services  corelisters.ServiceLister
 	slices    discoverylisters.EndpointSliceLister
@@ -59,13 +63,14 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 	}{{svc.Informer(), "service"}, {sl.Informer(), "endpointslice"}, {node.Informer(), "node"}} {
 		kind := x.kind
 		if _, err := x.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { notify(kind) },
+			AddFunc: func(obj any) { s.trigger(obj); notify(kind) },
 			UpdateFunc: func(old, cur any) {
 				if o, ok := old.(metav1.Object); ok {
 					if c, ok := cur.(metav1.Object); ok && o.GetResourceVersion() == c.GetResourceVersion() {
 						return // a periodic resync: nothing changed
 					}
 				}
+				s.trigger(cur)
 				notify(kind)
 			},
 			DeleteFunc: func(any) { notify(kind) },
@@ -78,6 +83,35 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 	f.Start(ctx.Done())
 	nf.Start(ctx.Done())
 	return nil
+}
+
+// trigger remembers an EndpointSlice's last-change-trigger-time: the
+// moment the change began, for kubeproxy_network_programming_duration_seconds.
+func (s *InformerSource) trigger(obj any) {
+	sl, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
+	}
+	v, ok := sl.Annotations[corev1.EndpointsLastChangeTriggerTime]
+	if !ok {
+		return
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.triggers = append(s.triggers, t)
+	s.mu.Unlock()
+}
+
+// DrainTriggerTimes returns and forgets the trigger times seen so far.
+func (s *InformerSource) DrainTriggerTimes() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.triggers
+	s.triggers = nil
+	return t
 }
 
 // ServiceOf returns the Service a problem is about: the Service itself, or

@@ -19,6 +19,7 @@ type Metrics struct {
 	servicePending      prometheus.Gauge
 	serviceTotal        prometheus.Counter
 	syncFailures        prometheus.Counter
+	networkProgramming  prometheus.Histogram
 }
 
 // NewMetrics registers the metrics with reg. failureMetric is the
@@ -47,9 +48,12 @@ func NewMetrics(reg prometheus.Registerer, failureMetric string) *Metrics {
 			Help: "Cumulative proxy rules Service changes"}),
 		syncFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kubeproxy", Name: failureMetric,
 			Help: "Cumulative proxy rules sync failures"}),
+		networkProgramming: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "kubeproxy", Name: "network_programming_duration_seconds",
+			Help:    "In Cluster Network Programming Latency in seconds",
+			Buckets: programmingBuckets()}),
 	}
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.lastQueued,
-		m.endpointPending, m.endpointTotal, m.servicePending, m.serviceTotal, m.syncFailures)
+		m.endpointPending, m.endpointTotal, m.servicePending, m.serviceTotal, m.syncFailures, m.networkProgramming)
 	return m
 }
 
@@ -80,3 +84,22 @@ func (m *Metrics) synced(full bool, d time.Duration, err error) {
 	m.endpointPending.Set(0)
 	m.servicePending.Set(0)
 }
+
+// programmingBuckets are kube-proxy's: 0.25 s steps to 0.5 s, 1 s steps to
+// a minute, then 5 s to two minutes and 30 s to five.
+func programmingBuckets() []float64 {
+	b := []float64{0.25, 0.5}
+	for v := 1.0; v <= 59; v++ {
+		b = append(b, v)
+	}
+	for v := 60.0; v < 120; v += 5 {
+		b = append(b, v)
+	}
+	for v := 120.0; v <= 300; v += 30 {
+		b = append(b, v)
+	}
+	return b
+}
+
+// programmed records how long a change took from its trigger to the kernel.
+func (m *Metrics) programmed(d time.Duration) { m.networkProgramming.Observe(d.Seconds()) }
