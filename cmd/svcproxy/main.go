@@ -17,6 +17,8 @@ type command struct {
 var commands = []command{
 	{"run", "the daemon: program this node's rules from an API server or --manifests DIR", runRun},
 	{"cleanup", "remove everything svcproxy programmed (nftables and iptables) and nothing else", runCleanup},
+	{"render", "print the rules for manifests, as the kernel lists them (no kernel, no root)", runRender},
+	{"diff", "unified diff of the rules of two sets of manifests; exit 0 equal, 1 different, 2 error", runDiff},
 	{"state", "print the model's desired state for manifests (no kernel, no root)", runState},
 }
 

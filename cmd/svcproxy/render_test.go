@@ -1,0 +1,115 @@
+package main
+
+import (
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/manifest"
+	"github.com/svcproxy/svcproxy/nft"
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+func TestRenderMatchesBackend(t *testing.T) {
+	objs, _, err := manifest.Load("../../examples/demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := proxy.Build(proxy.Inputs{Services: objs.Services, EndpointSlices: objs.EndpointSlices, Nodes: objs.Nodes}, proxy.Config{NodeName: "node-a"})
+	rc, out, errs := run("render", "--proxy-mode=nftables", "--node", "node-a", "-f", "../../examples/demo")
+	if rc != 0 || errs != "" {
+		t.Fatalf("rc=%d stderr=%q", rc, errs)
+	}
+	if out != nft.Render(st) {
+		t.Error("render output differs from nft.Render")
+	}
+	// Byte-stable across runs.
+	if _, again, _ := run("render", "--proxy-mode=nftables", "--node", "node-a", "-f", "../../examples/demo"); again != out {
+		t.Error("render is not stable")
+	}
+	for _, args := range [][]string{{"render", "--proxy-mode=bogus", "-f", "../../examples/demo"}, {"render"}, {"render", "-f", "/nope"}} {
+		if rc, _, _ := run(args...); rc != 2 {
+			t.Errorf("%q: rc=%d, want 2", args, rc)
+		}
+	}
+	if rc, out, _ := run("render", "-f", "../../examples/demo"); rc != 0 || !strings.HasPrefix(out, "*filter") {
+		t.Errorf("default mode should be iptables: rc=%d %.40q", rc, out)
+	}
+}
+
+func TestDiffExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	old, cur := filepath.Join(dir, "old"), filepath.Join(dir, "new")
+	for _, d := range []string{old, cur} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web, err := os.ReadFile("../../examples/demo/web.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(old, "web.yaml"), web, 0o644)
+	os.WriteFile(filepath.Join(cur, "web.yaml"), web, 0o644)
+	if rc, out, errs := run("diff", "--proxy-mode=nftables", old, cur); rc != 0 || out != "" {
+		t.Fatalf("equal: rc=%d out=%q err=%q", rc, out, errs)
+	}
+	scaled := strings.Replace(string(web), "- {addresses: [10.244.2.13], nodeName: node-b, conditions: {ready: true}}\n", "", 1)
+	os.WriteFile(filepath.Join(cur, "web.yaml"), []byte(scaled), 0o644)
+	rc, out, _ := run("diff", "--proxy-mode=nftables", old, cur)
+	if rc != 1 {
+		t.Fatalf("different: rc=%d", rc)
+	}
+	for _, want := range []string{"--- " + old + "\n+++ " + cur + "\n@@ ", "\n-\t\tmeta l4proto tcp dnat to 10.244.2.13:8080\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("diff lacks %q:\n%s", want, out)
+		}
+	}
+	if rc, _, _ := run("diff", old); rc != 2 {
+		t.Errorf("one argument: rc=%d", rc)
+	}
+	if rc, _, _ := run("diff", old, filepath.Join(dir, "missing")); rc != 2 {
+		t.Errorf("missing path: rc=%d", rc)
+	}
+}
+
+// The diff's operations must rebuild both inputs exactly.
+func TestMyersRebuildsBothSides(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	words := []string{"a", "b", "c", "d"}
+	for range 300 {
+		var a, b []string
+		for range r.IntN(12) {
+			a = append(a, words[r.IntN(4)])
+		}
+		for range r.IntN(12) {
+			b = append(b, words[r.IntN(4)])
+		}
+		var ra, rb []string
+		changes := 0
+		for _, o := range myers(a, b) {
+			if o.kind != '+' {
+				ra = append(ra, o.text)
+			}
+			if o.kind != '-' {
+				rb = append(rb, o.text)
+			}
+			if o.kind != ' ' {
+				changes++
+			}
+		}
+		if strings.Join(ra, ",") != strings.Join(a, ",") || strings.Join(rb, ",") != strings.Join(b, ",") {
+			t.Fatalf("a=%v b=%v: rebuilt %v %v", a, b, ra, rb)
+		}
+		if changes > len(a)+len(b) {
+			t.Fatalf("too many changes")
+		}
+	}
+	got := unifiedDiff("x", "y", "1\n2\n3\n4\n5\n6\n7\n8\n9\n", "1\n2\n3\n4\nfive\n6\n7\n8\n9\n")
+	want := "--- x\n+++ y\n@@ -2,7 +2,7 @@\n 2\n 3\n 4\n-5\n+five\n 6\n 7\n 8\n"
+	if got != want {
+		t.Errorf("unified:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// unifiedDiff renders the line difference of a and b as a unified diff
+// with three lines of context (Myers' algorithm: O((N+M)·D)).
+func unifiedDiff(nameA, nameB, a, b string) string {
+	x, y := lines(a), lines(b)
+	ops := myers(x, y)
+	var out strings.Builder
+	fmt.Fprintf(&out, "--- %s\n+++ %s\n", nameA, nameB)
+	const ctx = 3
+	for i := 0; i < len(ops); {
+		if ops[i].kind == ' ' {
+			i++
+			continue
+		}
+		// A hunk: from ctx lines before this change to ctx lines after the
+		// last change that is within 2·ctx of the previous one.
+		start := max(i-ctx, 0)
+		end := i
+		for end < len(ops) {
+			if ops[end].kind != ' ' {
+				end++
+				continue
+			}
+			run := end
+			for run < len(ops) && ops[run].kind == ' ' {
+				run++
+			}
+			if run == len(ops) || run-end > 2*ctx {
+				end = min(end+ctx, len(ops))
+				break
+			}
+			end = run
+		}
+		ax, bx, an, bn := ops[start].ai, ops[start].bi, 0, 0
+		for _, o := range ops[start:end] {
+			if o.kind != '+' {
+				an++
+			}
+			if o.kind != '-' {
+				bn++
+			}
+		}
+		fmt.Fprintf(&out, "@@ -%d,%d +%d,%d @@\n", ax+1, an, bx+1, bn)
+		for _, o := range ops[start:end] {
+			out.WriteByte(o.kind)
+			out.WriteString(o.text)
+			out.WriteByte('\n')
+		}
+		i = end
+	}
+	return out.String()
+}
+
+type diffOp struct {
+	kind   byte // ' ', '-', '+'
+	text   string
+	ai, bi int // positions in a and b before this op
+}
+
+func myers(a, b []string) []diffOp {
+	n, m := len(a), len(b)
+	if n == 0 && m == 0 {
+		return nil
+	}
+	maxD := n + m
+	v := make([]int, 2*maxD+3)
+	var trace [][]int
+	off := maxD + 1
+	for d := 0; d <= maxD; d++ {
+		trace = append(trace, append([]int(nil), v...))
+		for k := -d; k <= d; k += 2 {
+			var x int
+			if k == -d || (k != d && v[off+k-1] < v[off+k+1]) {
+				x = v[off+k+1]
+			} else {
+				x = v[off+k-1] + 1
+			}
+			y := x - k
+			for x < n && y < m && a[x] == b[y] {
+				x++
+				y++
+			}
+			v[off+k] = x
+			if x >= n && y >= m {
+				return backtrack(trace, a, b, off, d)
+			}
+		}
+	}
+	return nil
+}
+
+func backtrack(trace [][]int, a, b []string, off, d int) []diffOp {
+	var ops []diffOp
+	x, y := len(a), len(b)
+	for ; d > 0; d-- {
+		v := trace[d]
+		k := x - y
+		var pk int
+		if k == -d || (k != d && v[off+k-1] < v[off+k+1]) {
+			pk = k + 1
+		} else {
+			pk = k - 1
+		}
+		px := v[off+pk]
+		py := px - pk
+		for x > px && y > py {
+			x--
+			y--
+			ops = append(ops, diffOp{' ', a[x], x, y})
+		}
+		if x == px {
+			y--
+			ops = append(ops, diffOp{'+', b[y], x, y})
+		} else {
+			x--
+			ops = append(ops, diffOp{'-', a[x], x, y})
+		}
+	}
+	for x > 0 && y > 0 {
+		x--
+		y--
+		ops = append(ops, diffOp{' ', a[x], x, y})
+	}
+	for i, j := 0, len(ops)-1; i < j; i, j = i+1, j-1 {
+		ops[i], ops[j] = ops[j], ops[i]
+	}
+	return ops
+}
