@@ -383,3 +383,51 @@ func TestUDPTargets(t *testing.T) {
 		}
 	}
 }
+
+func TestExplain(t *testing.T) {
+	cfg := proxy.Config{NodeName: "node-a", ClusterCIDRs: mustCIDRs(t, "10.244.0.0/16"), NodeIPs: []netip.Addr{netip.MustParseAddr("192.168.1.2")}}
+	eps := slice("lb-1", "lb", http8080, ep("10.244.1.1", "node-a"), ep("10.244.2.1", "node-b"))
+	st := proxy.Build(objects(
+		svc("lb", "10.96.0.10", nodePort(30080), lbIngress(lbIP("198.51.100.1")), etpLocal, healthCheck(32000), sourceRanges("203.0.113.0/24", "10.244.0.0/16")), eps,
+		svc("web", "10.96.0.11", affinity(nil)), slice("web-1", "web", http8080, ep("10.244.1.1", "node-a")),
+		svc("gone", "10.96.0.12"),
+		svc("remote", "10.96.0.13", nodePort(30081), etpLocal), slice("remote-1", "remote", http8080, ep("10.244.2.1", "node-b")),
+	), cfg)
+	pkt := func(src, dst string, mods ...func(*proxy.Packet)) proxy.Packet {
+		p := proxy.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddrPort(dst), Protocol: proxy.TCP}
+		for _, m := range mods {
+			m(&p)
+		}
+		return p
+	}
+	fromNode := func(p *proxy.Packet) { p.FromNode = true }
+	cases := []struct {
+		name    string
+		p       proxy.Packet
+		verdict proxy.Verdict
+		eps     int
+		masq    bool
+		hairpin bool
+		why     string
+	}{
+		{"ClusterIP from outside the cluster", pkt("192.168.1.50", "10.96.0.10:80"), proxy.Forward, 2, true, false, "masqueraded"},
+		{"ClusterIP from a pod", pkt("10.244.3.3", "10.96.0.10:80"), proxy.Forward, 2, false, false, "internalTrafficPolicy Cluster"},
+		{"LB IP, eTP Local, external client in range", pkt("203.0.113.9", "198.51.100.1:80"), proxy.Forward, 1, false, false, "this node's endpoints only"},
+		{"LB IP, source outside ranges", pkt("192.0.2.1", "198.51.100.1:80"), proxy.Drop, 0, false, false, "outside loadBalancerSourceRanges"},
+		{"NodePort from a pod: short-circuit", pkt("10.244.3.3", "192.168.1.2:30080"), proxy.Forward, 2, false, false, "from a pod"},
+		{"NodePort from the node", pkt("192.168.1.2", "192.168.1.2:30080", fromNode), proxy.Forward, 2, true, false, "from the node"},
+		{"NodePort, no local endpoint", pkt("192.0.2.1", "192.168.1.2:30081"), proxy.Drop, 0, false, false, "none on this node"},
+		{"no endpoints", pkt("10.244.3.3", "10.96.0.12:80"), proxy.Reject, 0, false, false, "rejected"},
+		{"hairpin and affinity", pkt("10.244.1.1", "10.96.0.11:80"), proxy.Forward, 1, false, true, "ClientIP affinity: a client keeps its endpoint for 10800s"},
+		{"not a Service", pkt("10.244.3.3", "10.96.0.99:80"), proxy.Forward, 0, false, false, "not proxied"},
+		{"wrong protocol", pkt("10.244.3.3", "10.96.0.10:80", func(p *proxy.Packet) { p.Protocol = proxy.UDP }), proxy.Forward, 0, false, false, "not proxied"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := st.Explain(c.p)
+			if e.Verdict != c.verdict || len(e.Endpoints) != c.eps || e.Masquerade != c.masq || e.Hairpin != c.hairpin || !strings.Contains(e.String(), c.why) {
+				t.Errorf("got verdict=%s eps=%d masq=%v hairpin=%v\n%s", e.Verdict, len(e.Endpoints), e.Masquerade, e.Hairpin, e)
+			}
+		})
+	}
+}

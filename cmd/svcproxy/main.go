@@ -19,6 +19,7 @@ var commands = []command{
 	{"cleanup", "remove everything svcproxy programmed (nftables and iptables) and nothing else", runCleanup},
 	{"render", "print the rules for manifests, as the kernel lists them (no kernel, no root)", runRender},
 	{"diff", "unified diff of the rules of two sets of manifests; exit 0 equal, 1 different, 2 error", runDiff},
+	{"explain", "what the rules do with one packet: Service, endpoints and weights, masquerade, reject/drop", runExplain},
 	{"state", "print the model's desired state for manifests (no kernel, no root)", runState},
 }
 

@@ -113,3 +113,33 @@ func TestMyersRebuildsBothSides(t *testing.T) {
 		t.Errorf("unified:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+func TestExplainCommand(t *testing.T) {
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--src", "192.168.50.100", "--dst", "10.96.0.10:80"}, []string{"ClusterIP of Service port demo/web/tcp/http", "verdict: DNAT to one of 3 endpoints, masqueraded", "10.244.2.13:8080  weight 1/3  node node-b"}},
+		{[]string{"--src", "10.244.9.9", "--dst", "web.demo.svc.cluster.local:80"}, []string{"resolves to 10.96.0.10", "verdict: DNAT to one of 3 endpoints\n"}},
+		{[]string{"--src", "192.168.50.100", "--dst", "192.168.50.2:30007/udp"}, []string{"NodePort of Service port demo/echo/udp/echo", "this node's endpoints only", "10.244.1.11:7007  weight 1/1"}},
+		{[]string{"--src", "10.244.9.9", "--dst", "api-db.demo:5432"}, []string{"ExternalName Service: DNS only (a CNAME to db.example.com)"}},
+		{[]string{"--src", "10.244.9.9", "--dst", "10.96.0.99:80"}, []string{"not proxied"}},
+	}
+	for _, c := range cases {
+		args := append([]string{"explain", "--node", "node-a", "--cluster-cidr", "10.244.0.0/16", "-f", "../../examples/demo"}, c.args...)
+		rc, out, errs := run(args...)
+		if rc != 0 {
+			t.Errorf("%v: rc=%d %s", c.args, rc, errs)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: output lacks %q:\n%s", c.args, w, out)
+			}
+		}
+	}
+	for _, bad := range [][]string{{"--src", "x", "--dst", "10.96.0.10:80"}, {"--src", "10.0.0.1", "--dst", "10.96.0.10"}, {"--src", "10.0.0.1", "--dst", "10.96.0.10:80/icmp"}} {
+		if rc, _, _ := run(append([]string{"explain", "-f", "../../examples/demo"}, bad...)...); rc != 2 {
+			t.Errorf("%v: rc=%d, want 2", bad, rc)
+		}
+	}
+}
