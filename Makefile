@@ -51,8 +51,11 @@ bench:
 golden:
 	SVCPROXY_UPDATE_GOLDEN=1 $(GO) test -count=1 ./... -run Golden
 
+# demo runs svcproxy on examples/demo in a sandbox of network namespaces
+# (needs root): traffic, a live edit, the rules; removes all it created.
 demo: deps build
-	./$(BIN) state -f examples/demo
+	$(GO) build -o bin/svcproxy-demo ./cmd/svcproxy-demo
+	./bin/svcproxy-demo --svcproxy $(BIN) --manifests examples/demo
 
 clean:
 	rm -rf bin

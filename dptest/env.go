@@ -26,7 +26,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,7 +68,7 @@ const (
 
 // NewEnv builds the network and starts the servers; everything is removed
 // when the test ends.
-func NewEnv(t *testing.T) *Env {
+func NewEnv(t sandbox.TB) *Env {
 	t.Helper()
 	sandbox.Require(t, "nft", "iptables-legacy", "conntrack")
 	e := &Env{Node: sandbox.New(t, "node"), Client: sandbox.New(t, "client")}
@@ -131,7 +130,7 @@ func NewEnv(t *testing.T) *Env {
 // serve starts the pod's servers: HTTP on HTTPPort, UDP on UDPPort (and on
 // 7007), SCTP on SCTPPort where the kernel has it. Each answers
 // "<pod name> <source address seen>".
-func (e *Env) serve(t *testing.T, p *Pod) {
+func (e *Env) serve(t sandbox.TB, p *Pod) {
 	var lns []net.Listener
 	var pcs []net.PacketConn
 	err := p.NS.Do(func() error {

@@ -21,9 +21,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// TB is the part of testing.TB the sandbox needs. *testing.T and
+// *testing.B implement it, and so can a program (the demo) that builds a
+// sandbox outside of tests.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Skip(args ...any)
+	Cleanup(func())
+}
+
+var _ TB = testing.TB(nil)
+
 // Require skips (or, under CI=true, fails) the test unless it runs as root
 // with the given commands on PATH ("ip" is always required).
-func Require(t testing.TB, tools ...string) {
+func Require(t TB, tools ...string) {
 	t.Helper()
 	var missing []string
 	if os.Geteuid() != 0 {
@@ -52,7 +66,7 @@ type NS struct {
 
 // New creates a namespace named "svcp-<random>-<role>" with loopback up,
 // and removes it (and everything in it) when the test ends.
-func New(t testing.TB, role string) *NS {
+func New(t TB, role string) *NS {
 	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
@@ -91,7 +105,7 @@ func (n *NS) Run(args ...string) (string, error) {
 }
 
 // MustRun is Run that fails the test on error.
-func (n *NS) MustRun(t testing.TB, args ...string) string {
+func (n *NS) MustRun(t TB, args ...string) string {
 	t.Helper()
 	out, err := n.Run(args...)
 	if err != nil {
