@@ -35,9 +35,11 @@ type abort struct{ msg string }
 func (r *runner) Helper()                           {}
 func (r *runner) Fatal(args ...any)                 { panic(abort{fmt.Sprint(args...)}) }
 func (r *runner) Fatalf(format string, args ...any) { panic(abort{fmt.Sprintf(format, args...)}) }
-func (r *runner) Errorf(format string, args ...any) { fmt.Fprintf(os.Stderr, "warning: "+format+"\n", args...) }
-func (r *runner) Skip(args ...any)                  { panic(abort{fmt.Sprint(args...)}) }
-func (r *runner) Cleanup(f func())                  { r.cleanups = append(r.cleanups, f) }
+func (r *runner) Errorf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "warning: "+format+"\n", args...)
+}
+func (r *runner) Skip(args ...any) { panic(abort{fmt.Sprint(args...)}) }
+func (r *runner) Cleanup(f func()) { r.cleanups = append(r.cleanups, f) }
 func (r *runner) cleanup() {
 	for i := len(r.cleanups) - 1; i >= 0; i-- {
 		r.cleanups[i]()
