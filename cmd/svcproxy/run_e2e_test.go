@@ -160,6 +160,11 @@ func TestRunFromManifestsEndToEnd(t *testing.T) {
 			if err != nil || code != 200 || !strings.Contains(body, `"nodeEligible":true`) {
 				t.Errorf("/healthz: %d %q %v", code, body, err)
 			}
+			// The healthCheckNodePort of the LoadBalancer with eTP Local: one local endpoint (b1).
+			code, body, err = httpInNS(env.Node, "http://127.0.0.1:32001/")
+			if err != nil || code != 200 || !strings.Contains(body, `"localEndpoints": 1`) {
+				t.Errorf("healthCheckNodePort: %d %q %v", code, body, err)
+			}
 			code, body, err = httpInNS(env.Node, "http://127.0.0.1:10249/metrics")
 			if err != nil || code != 200 || !strings.Contains(body, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") {
 				t.Errorf("/metrics: %d %v (%d bytes)", code, err, len(body))
