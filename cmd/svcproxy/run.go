@@ -123,15 +123,19 @@ func (f *runFlags) run(ctx context.Context) error {
 		return err
 	}
 
-	var backend proxy.Backend
+	var backend, other proxy.Backend
 	failureMetric := "sync_proxy_rules_iptables_restore_failures_total"
 	switch f.proxyMode {
 	case "nftables":
 		b := nft.New()
 		defer b.Close()
 		backend, failureMetric = b, "sync_proxy_rules_nftables_sync_failures_total"
+		other = iptables.New()
 	case "iptables", "":
 		backend = iptables.New()
+		o := nft.New()
+		defer o.Close()
+		other = o
 	default:
 		return fmt.Errorf("--proxy-mode %q: want iptables or nftables", f.proxyMode)
 	}
@@ -185,6 +189,9 @@ func (f *runFlags) run(ctx context.Context) error {
 	}
 	defer cleaner.Close()
 	families := []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	// Rules of the other mode (a node switching --proxy-mode) are removed
+	// once this mode's rules are in place, so traffic never goes unproxied.
+	var otherCleaned bool
 	c := &controller.Controller{
 		Source:        src,
 		Backend:       backend,
@@ -199,6 +206,13 @@ func (f *runFlags) run(ctx context.Context) error {
 				}
 			},
 			Synced: func(st *proxy.State) {
+				if !otherCleaned {
+					if err := other.Cleanup(ctx); err != nil {
+						klog.ErrorS(err, "Removing the rules of the other proxy mode")
+					} else {
+						otherCleaned = true
+					}
+				}
 				for _, fam := range families {
 					proxyHealth.Updated(fam)
 				}

@@ -187,3 +187,42 @@ func TestRunFromManifestsEndToEnd(t *testing.T) {
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// Switching --proxy-mode leaves no rules of the previous mode behind, and
+// traffic keeps flowing.
+func TestSwitchingProxyMode(t *testing.T) {
+	bin := buildBinary(t)
+	env := dptest.NewEnv(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeManifest), 0o644)
+	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(dptest.Scenarios[0].Manifests), 0o644)
+	common := []string{"--manifests", dir, "--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16",
+		"--min-sync-period", "0", "--healthz-bind-address", "", "--metrics-bind-address", ""}
+	leftovers := func() (nftTables, iptChains int) {
+		out, _ := env.Node.Run("nft", "list", "tables")
+		nftTables = strings.Count(out, " svcproxy")
+		for _, save := range []string{"iptables-legacy-save", "iptables-nft-save", "ip6tables-legacy-save", "ip6tables-nft-save"} {
+			out, _ := env.Node.Run(save)
+			iptChains += strings.Count(out, ":SVCP-")
+		}
+		return
+	}
+	for i, mode := range []string{"iptables", "nftables", "iptables"} {
+		d := startDaemon(t, bin, env.Node, append([]string{"--proxy-mode", mode}, common...)...)
+		eventually(t, mode+": traffic", func() error {
+			got, err := answers(env, "10.96.0.10:80", 10)
+			if err != nil || len(got) == 0 {
+				return errorf("%v %v", got, err)
+			}
+			return nil
+		})
+		eventually(t, mode+": only its own rules", func() error {
+			n, ipt := leftovers()
+			if (mode == "nftables") != (n == 2) || (mode == "iptables") != (ipt > 0) || (mode == "nftables" && ipt > 0) || (mode == "iptables" && n > 0) {
+				return errorf("step %d (%s): %d nft tables, %d iptables chains", i, mode, n, ipt)
+			}
+			return nil
+		})
+		d.stop(t)
+	}
+}
