@@ -8,6 +8,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/manifest"
 	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/textdiff"
 )
 
 // Manifest helpers: flow-style YAML, one Service per line.
@@ -272,30 +273,7 @@ func lineMatches(pattern, line string) bool {
 	return line == ""
 }
 
-// lineDiff shows the lines only in want (-) and only in got (+).
+// lineDiff is a unified diff from what Render says to what the kernel holds.
 func lineDiff(want, got string) string {
-	count := func(s string) map[string]int {
-		m := map[string]int{}
-		for _, l := range strings.Split(s, "\n") {
-			m[l]++
-		}
-		return m
-	}
-	wc, gc := count(want), count(got)
-	var b strings.Builder
-	for _, l := range strings.Split(want, "\n") {
-		if gc[l] > 0 {
-			gc[l]--
-			continue
-		}
-		b.WriteString("- " + l + "\n")
-	}
-	for _, l := range strings.Split(got, "\n") {
-		if wc[l] > 0 {
-			wc[l]--
-			continue
-		}
-		b.WriteString("+ " + l + "\n")
-	}
-	return b.String()
+	return textdiff.Unified("want (Render)", "got (kernel)", want, got)
 }

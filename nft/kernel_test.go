@@ -2,11 +2,11 @@ package nft
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/sandbox"
+	"github.com/svcproxy/svcproxy/textdiff"
 )
 
 // listing returns the canonical form of the kernel's own listing of our
@@ -31,33 +31,9 @@ func syncAndCompare(t *testing.T, ns *sandbox.NS, b *Backend, s *proxy.State) {
 	}
 }
 
-// lineDiff shows the lines only in want (-) and only in got (+).
+// lineDiff is a unified diff from what Render says to what the kernel holds.
 func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	count := map[string]int{}
-	for _, l := range g {
-		count[l]++
-	}
-	var b strings.Builder
-	for _, l := range w {
-		if count[l] > 0 {
-			count[l]--
-			continue
-		}
-		b.WriteString("- " + l + "\n")
-	}
-	wc := map[string]int{}
-	for _, l := range w {
-		wc[l]++
-	}
-	for _, l := range g {
-		if wc[l] > 0 {
-			wc[l]--
-			continue
-		}
-		b.WriteString("+ " + l + "\n")
-	}
-	return b.String()
+	return textdiff.Unified("want (Render)", "got (kernel)", want, got)
 }
 
 func TestKernelListingEqualsRender(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/svcproxy/svcproxy/manifest"
 	"github.com/svcproxy/svcproxy/nft"
 	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/textdiff"
 )
 
 // modelFlags are the flags that shape proxy.Config, with kube-proxy's names.
@@ -155,7 +155,7 @@ func runDiff(args []string, stdout, stderr io.Writer) int {
 	if texts[0] == texts[1] {
 		return 0
 	}
-	fmt.Fprint(stdout, unifiedDiff(rest[0], rest[1], texts[0], texts[1]))
+	fmt.Fprint(stdout, textdiff.Unified(rest[0], rest[1], texts[0], texts[1]))
 	return 1
 }
 
@@ -164,11 +164,4 @@ func strictExit(strict bool, problems int) int {
 		return 1
 	}
 	return 0
-}
-
-func lines(s string) []string {
-	if s == "" {
-		return nil
-	}
-	return strings.Split(strings.TrimSuffix(s, "\n"), "\n")
 }

@@ -1,13 +1,19 @@
-package main
+// Package textdiff computes line differences: unified diffs for `svcproxy
+// diff` and for readable test failures.
+package textdiff
 
 import (
 	"fmt"
 	"strings"
 )
 
-// unifiedDiff renders the line difference of a and b as a unified diff
-// with three lines of context (Myers' algorithm: O((N+M)·D)).
-func unifiedDiff(nameA, nameB, a, b string) string {
+// Unified renders the line difference of a and b as a unified diff with
+// three lines of context, headed "--- nameA" and "+++ nameB" (Myers'
+// algorithm: O((N+M)·D)). Equal inputs give "".
+func Unified(nameA, nameB, a, b string) string {
+	if a == b {
+		return ""
+	}
 	x, y := lines(a), lines(b)
 	ops := myers(x, y)
 	var out strings.Builder
@@ -46,7 +52,7 @@ func unifiedDiff(nameA, nameB, a, b string) string {
 				bn++
 			}
 		}
-		fmt.Fprintf(&out, "@@ -%d,%d +%d,%d @@\n", ax+1, an, bx+1, bn)
+		fmt.Fprintf(&out, "@@ -%s +%s @@\n", hunkRange(ax, an), hunkRange(bx, bn))
 		for _, o := range ops[start:end] {
 			out.WriteByte(o.kind)
 			out.WriteString(o.text)
@@ -55,6 +61,15 @@ func unifiedDiff(nameA, nameB, a, b string) string {
 		i = end
 	}
 	return out.String()
+}
+
+// hunkRange is "start,count" with a 1-based start, or, for an empty
+// range, the line before it (so an empty file is "0,0").
+func hunkRange(start, n int) string {
+	if n == 0 {
+		return fmt.Sprintf("%d,0", start)
+	}
+	return fmt.Sprintf("%d,%d", start+1, n)
 }
 
 type diffOp struct {
@@ -131,4 +146,17 @@ func backtrack(trace [][]int, a, b []string, off, d int) []diffOp {
 		ops[i], ops[j] = ops[j], ops[i]
 	}
 	return ops
+}
+
+// lines splits s into lines; a last line without its newline carries
+// git's marker, so that a missing final newline shows as a change.
+func lines(s string) []string {
+	if s == "" {
+		return nil
+	}
+	l := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	if !strings.HasSuffix(s, "\n") {
+		l[len(l)-1] += "\n\\ No newline at end of file"
+	}
+	return l
 }
