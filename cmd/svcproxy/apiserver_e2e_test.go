@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -101,6 +102,19 @@ func TestRunAgainstAPIServer(t *testing.T) {
 			k.service("sticky", "10.96.0.13", func(s *corev1.Service) { s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP })
 			k.endpoints("sticky", "b1", "b2", "b3")
 			k.service("empty", "10.96.0.14", nil)
+			k.service("lb", "10.96.0.16", func(s *corev1.Service) {
+				s.Spec.Type = corev1.ServiceTypeLoadBalancer
+				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			})
+			k.endpoints("lb", "b1", "b3")
+			lb, err := k.c.CoreV1().Services("t").Get(context.Background(), "lb", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lb.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.16"}}
+			if _, err := k.c.CoreV1().Services("t").UpdateStatus(context.Background(), lb, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
 
 			args := []string{"--kubeconfig", srv.Kubeconfig(), "--proxy-mode", mode, "--hostname-override", "node-a",
 				"--cluster-cidr", "10.244.0.0/16", "--min-sync-period", "0", "--sync-period", "5s",
@@ -127,6 +141,17 @@ func TestRunAgainstAPIServer(t *testing.T) {
 			eventually(t, "ClusterIP", reach("10.96.0.10:80", "b1", "b2", "b3"))
 			eventually(t, "NodePort", reach("192.168.50.2:30080", "b1", "b2", "b3"))
 			eventually(t, "externalIP", reach("192.0.2.10:80", "b1", "b2", "b3"))
+			// LoadBalancer with externalTrafficPolicy Local: only the local pod,
+			// and its healthCheckNodePort (allocated by the API server) says so.
+			eventually(t, "load-balancer IP", reach("198.51.100.16:80", "b1"))
+			hc := int(lb.Spec.HealthCheckNodePort)
+			eventually(t, "healthCheckNodePort", func() error {
+				code, body, err := httpInNS(env.Node, fmt.Sprintf("http://127.0.0.1:%d/", hc))
+				if err != nil || code != 200 || !strings.Contains(body, `"localEndpoints": 1`) {
+					return errorf("%d %q %v", code, body, err)
+				}
+				return nil
+			})
 			if _, err := env.Request(env.Client, "tcp", netip.MustParseAddrPort("10.96.0.14:80"), time.Second); err == nil {
 				t.Error("a Service without endpoints answered")
 			}

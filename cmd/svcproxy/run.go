@@ -44,6 +44,7 @@ type runFlags struct {
 	minSyncPeriod, syncPeriod, configSyncPeriod     time.Duration
 	healthzBindAddress, metricsBindAddress          string
 	manifests                                       string
+	iptablesMode                                    string
 }
 
 func (f *runFlags) register(fs *pflag.FlagSet) {
@@ -60,6 +61,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "The IP address and port for the health check server to serve on; empty to disable.")
 	fs.StringVar(&f.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "The IP address and port for the metrics server to serve on; empty to disable.")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "If true cleanup iptables and nftables rules and exit.")
+	fs.StringVar(&f.iptablesMode, "iptables-mode", "auto", "svcproxy only: which iptables variant to program in iptables mode: auto (detect what the node uses), legacy or nft.")
 	fs.StringVar(&f.manifests, "manifests", "", "Read Services, EndpointSlices and Nodes from this directory of manifests (watched for changes) instead of an API server.")
 }
 
@@ -123,6 +125,10 @@ func (f *runFlags) run(ctx context.Context) error {
 		return err
 	}
 
+	iptMode, err := iptables.ParseMode(f.iptablesMode)
+	if err != nil {
+		return fmt.Errorf("--iptables-mode: %w", err)
+	}
 	var backend, other proxy.Backend
 	failureMetric := "sync_proxy_rules_iptables_restore_failures_total"
 	switch f.proxyMode {
@@ -132,7 +138,7 @@ func (f *runFlags) run(ctx context.Context) error {
 		backend, failureMetric = b, "sync_proxy_rules_nftables_sync_failures_total"
 		other = iptables.New()
 	case "iptables", "":
-		backend = iptables.New()
+		backend = iptables.New(iptables.WithMode(iptMode))
 		o := nft.New()
 		defer o.Close()
 		other = o
