@@ -367,26 +367,29 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		internalChain = localChain
 	}
 
-	// External chain: masquerade (policy Cluster) or keep the client's
-	// address and use local endpoints (policy Local), except for traffic
-	// from pods and from the node itself, which is treated as internal.
+	// External chain: the model's routes, in order.
 	extChain := ""
-	if sp.ExternallyAccessible() && sp.HasEndpoints && clusterChain != "" {
+	if routes := fs.ExternalRoutes(sp); len(routes) > 0 {
 		var rules []string
-		if sp.ExternalPolicyLocal {
-			for _, c := range fs.ClusterCIDRs {
-				rules = append(rules, rule{src: prefixString(c), comment: cm, target: "-j " + clusterChain}.String())
+		for _, r := range routes {
+			base := rule{comment: cm}
+			switch r.From {
+			case proxy.PodSender:
+				base.src = prefixString(r.Prefix)
+			case proxy.NodeSender:
+				base.match = "-m addrtype --src-type LOCAL"
 			}
-			rules = append(rules,
-				rule{comment: cm, match: "-m addrtype --src-type LOCAL", target: "-j " + chainMarkMasq}.String(),
-				rule{comment: cm, match: "-m addrtype --src-type LOCAL", target: "-j " + clusterChain}.String())
-			if localChain != "" {
-				rules = append(rules, rule{comment: cm, target: "-j " + localChain}.String())
+			if r.Masquerade {
+				m := base
+				m.target = "-j " + chainMarkMasq
+				rules = append(rules, m.String())
 			}
-		} else {
-			rules = append(rules,
-				rule{comment: cm, target: "-j " + chainMarkMasq}.String(),
-				rule{comment: cm, target: "-j " + clusterChain}.String())
+			target := clusterChain
+			if r.Local {
+				target = localChain
+			}
+			base.target = "-j " + target
+			rules = append(rules, base.String())
 		}
 		extChain = fr.add(tableNAT, prefixEXT+hash, rules)
 	}
@@ -441,17 +444,16 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 }
 
 // clusterIPMasquerade is the rule that marks ClusterIP traffic for
-// masquerading: all of it (masqueradeAll), or what comes from outside the
-// cluster CIDR; "" when neither applies.
+// masquerading, as the model decides; "" when none is.
 func clusterIPMasquerade(fs *proxy.FamilyState, sp *proxy.ServicePort, cm string) string {
+	all, notFrom, ok := fs.ClusterIPMasquerade()
+	if !ok {
+		return ""
+	}
 	r := rule{dst: hostString(sp.ClusterIP), proto: sp.Key.Protocol, comment: cm,
 		match: portMatch(sp.Key.Protocol, sp.Port), target: "-j " + chainMarkMasq}
-	switch {
-	case fs.MasqueradeAll:
-	case len(fs.ClusterCIDRs) > 0:
-		r.src, r.srcNot = prefixString(fs.ClusterCIDRs[0]), true
-	default:
-		return ""
+	if !all {
+		r.src, r.srcNot = prefixString(notFrom), true
 	}
 	return r.String()
 }

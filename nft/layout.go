@@ -195,22 +195,26 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		internalChain = localChain
 	}
 
-	// External chain: masquerade (policy Cluster) or keep the client's
-	// address and use local endpoints (policy Local), except for traffic
-	// from pods and from the node itself, which is treated as internal.
+	// External chain: the model's routes, in order.
 	extChain := ""
-	if sp.ExternallyAccessible() && sp.HasEndpoints && clusterChain != "" {
+	if routes := fs.ExternalRoutes(sp); len(routes) > 0 {
 		var rules []rule
-		if sp.ExternalPolicyLocal {
-			for _, c := range fs.ClusterCIDRs {
-				rules = append(rules, rule{addrMatch{src: true, prefix: c}, goTo(clusterChain)})
+		for _, r := range routes {
+			var match []stmt
+			switch r.From {
+			case proxy.PodSender:
+				match = []stmt{addrMatch{src: true, prefix: r.Prefix}}
+			case proxy.NodeSender:
+				match = []stmt{fibLocal{src: true}}
 			}
-			rules = append(rules, rule{fibLocal{src: true}, markSet}, rule{fibLocal{src: true}, goTo(clusterChain)})
-			if localChain != "" {
-				rules = append(rules, rule{goTo(localChain)})
+			if r.Masquerade {
+				rules = append(rules, append(slices.Clone(match), markSet))
 			}
-		} else {
-			rules = append(rules, rule{markSet}, rule{goTo(clusterChain)})
+			target := clusterChain
+			if r.Local {
+				target = localChain
+			}
+			rules = append(rules, append(slices.Clone(match), goTo(target)))
 		}
 		extChain = fr.chain(f, "external", key, rules)
 	}
@@ -255,17 +259,17 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 }
 
 // clusterIPMasquerade is the rule that marks ClusterIP traffic for
-// masquerading: all of it (masqueradeAll), or what comes from outside the
-// cluster CIDRs; nil when neither applies.
+// masquerading, as the model decides; nil when none is.
 func clusterIPMasquerade(fs *proxy.FamilyState, sp *proxy.ServicePort) rule {
-	dest := []stmt{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, portMatch{proto: sp.Key.Protocol, port: sp.Port}}
-	switch {
-	case fs.MasqueradeAll:
-		return append(dest, markSet)
-	case len(fs.ClusterCIDRs) > 0:
-		return append(dest, addrMatch{src: true, negate: true, prefix: fs.ClusterCIDRs[0]}, markSet)
+	all, notFrom, ok := fs.ClusterIPMasquerade()
+	if !ok {
+		return nil
 	}
-	return nil
+	r := rule{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, portMatch{proto: sp.Key.Protocol, port: sp.Port}}
+	if !all {
+		r = append(r, addrMatch{src: true, negate: true, prefix: notFrom})
+	}
+	return append(r, markSet)
 }
 
 func noEndpointVerdict(v proxy.Verdict) verdict {

@@ -48,7 +48,6 @@ func (s *State) Explain(p Packet) Explanation {
 	e.Service, e.Destination, e.AffinitySeconds = &sp.Key, dest, sp.AffinitySeconds
 	e.Why = append(e.Why, fmt.Sprintf("%s of Service port %s", dest, sp.Key))
 	inCluster := len(fs.ClusterCIDRs) > 0 && fs.ClusterCIDRs[0].Contains(p.Src)
-	fromPod := p.FromPod || inCluster
 
 	if dest == "load-balancer IP" && len(sp.SourceRanges) > 0 && !anyContains(sp.SourceRanges, p.Src) {
 		e.Verdict = Drop
@@ -63,29 +62,41 @@ func (s *State) Explain(p Packet) Explanation {
 			policy = "Local"
 		}
 		e.Why = append(e.Why, "internalTrafficPolicy "+policy)
-		switch {
-		case fs.MasqueradeAll:
-			e.Masquerade = true
-			e.Why = append(e.Why, "masqueradeAll: masqueraded")
-		case len(fs.ClusterCIDRs) > 0 && !fromPod:
-			e.Masquerade = true
-			e.Why = append(e.Why, fmt.Sprintf("source outside the cluster CIDR %s: masqueraded", fs.ClusterCIDRs[0]))
+		if all, notFrom, ok := fs.ClusterIPMasquerade(); ok {
+			switch {
+			case all:
+				e.Masquerade = true
+				e.Why = append(e.Why, "masqueradeAll: masqueraded")
+			case !p.FromPod && !inCluster:
+				e.Masquerade = true
+				e.Why = append(e.Why, fmt.Sprintf("source outside the cluster CIDR %s: masqueraded", notFrom))
+			}
 		}
 	} else {
-		switch {
-		case !sp.ExternalPolicyLocal:
-			e.Endpoints, e.Verdict, e.Masquerade = sp.ClusterEndpoints, sp.ExternalVerdict(), true
-			e.Why = append(e.Why, "externalTrafficPolicy Cluster: masqueraded, any endpoint")
-		case fromPod && len(fs.ClusterCIDRs) > 0 && sp.HasEndpoints:
-			e.Endpoints, e.Verdict = sp.ClusterEndpoints, Forward
-			e.Why = append(e.Why, "externalTrafficPolicy Local, but from a pod: treated as internal, any endpoint, not masqueraded")
-		case p.FromNode && sp.HasEndpoints:
-			e.Endpoints, e.Verdict, e.Masquerade = sp.ClusterEndpoints, Forward, true
-			e.Why = append(e.Why, "externalTrafficPolicy Local, but from the node: any endpoint, masqueraded")
-		default:
-			e.Endpoints, e.Verdict = sp.LocalEndpoints, sp.ExternalVerdict()
-			e.Why = append(e.Why, "externalTrafficPolicy Local: this node's endpoints only, source address kept")
+		e.Endpoints, e.Verdict = nil, sp.ExternalVerdict()
+		why := "externalTrafficPolicy Local: this node's endpoints only, source address kept"
+		for _, r := range fs.ExternalRoutes(sp) {
+			if (r.From == PodSender && !(p.FromPod || r.Prefix.Contains(p.Src))) || (r.From == NodeSender && !p.FromNode) {
+				continue
+			}
+			e.Verdict, e.Masquerade, e.Endpoints = Forward, r.Masquerade, sp.ClusterEndpoints
+			if r.Local {
+				e.Endpoints = sp.LocalEndpoints
+			}
+			switch {
+			case !sp.ExternalPolicyLocal:
+				why = "externalTrafficPolicy Cluster: masqueraded, any endpoint"
+			case r.From == PodSender:
+				why = "externalTrafficPolicy Local, but from a pod: treated as internal, any endpoint, not masqueraded"
+			case r.From == NodeSender:
+				why = "externalTrafficPolicy Local, but from the node: any endpoint, masqueraded"
+			}
+			break
 		}
+		if !sp.ExternalPolicyLocal && e.Verdict != Forward {
+			why = "externalTrafficPolicy Cluster"
+		}
+		e.Why = append(e.Why, why)
 	}
 	switch e.Verdict {
 	case Reject:

@@ -431,3 +431,35 @@ func TestExplain(t *testing.T) {
 		})
 	}
 }
+
+func TestExternalRoutes(t *testing.T) {
+	cidr := mustCIDRs(t, "10.244.0.0/16")
+	cfg := proxy.Config{NodeName: "node-a", ClusterCIDRs: cidr}
+	both := slice("s-1", "s", http8080, ep("10.0.1.1", "node-a"), ep("10.0.2.1", "node-b"))
+	remote := slice("s-1", "s", http8080, ep("10.0.2.1", "node-b"))
+	cases := []struct {
+		name string
+		cfg  proxy.Config
+		objs []any
+		want []proxy.Route
+	}{
+		{"Cluster: masquerade, any endpoint", cfg, []any{svc("s", "10.96.0.1", nodePort(30080)), both},
+			[]proxy.Route{{From: proxy.AnySender, Masquerade: true}}},
+		{"Local: pods, node, then local", cfg, []any{svc("s", "10.96.0.1", nodePort(30080), etpLocal), both},
+			[]proxy.Route{{From: proxy.PodSender, Prefix: cidr[0]}, {From: proxy.NodeSender, Masquerade: true}, {From: proxy.AnySender, Local: true}}},
+		{"Local without local endpoints: no catch-all", cfg, []any{svc("s", "10.96.0.1", nodePort(30080), etpLocal), remote},
+			[]proxy.Route{{From: proxy.PodSender, Prefix: cidr[0]}, {From: proxy.NodeSender, Masquerade: true}}},
+		{"Local without pod detection", proxy.Config{NodeName: "node-a"}, []any{svc("s", "10.96.0.1", nodePort(30080), etpLocal), both},
+			[]proxy.Route{{From: proxy.NodeSender, Masquerade: true}, {From: proxy.AnySender, Local: true}}},
+		{"no endpoints: no routes", cfg, []any{svc("s", "10.96.0.1", nodePort(30080))}, nil},
+		{"not externally accessible: no routes", cfg, []any{svc("s", "10.96.0.1"), both}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st := proxy.Build(objects(c.objs...), c.cfg)
+			if got := st.IPv4.ExternalRoutes(st.IPv4.Services[0]); !reflect.DeepEqual(got, c.want) {
+				t.Errorf("got %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
