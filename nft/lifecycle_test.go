@@ -179,3 +179,64 @@ table inet other {
 		t.Fatal(err)
 	}
 }
+
+// The kernel refuses a transaction: the rules of the last good sync stay,
+// the error says why, and the next sync succeeds once the cause is gone.
+func TestRefusedTransactionChangesNothing(t *testing.T) {
+	sandbox.Require(t, "nft")
+	ns := sandbox.New(t, "refuse")
+	b := New(WithNetNS(ns.FD()))
+	a, next := dptest.Scenarios[0].Build(t), dptest.Scenarios[1].Build(t)
+	syncAndCompare(t, ns, b, a)
+	before := listing(t, ns)
+
+	// Someone holds, as a base chain, a name the next sync must create.
+	var blocker string
+	for _, l := range strings.Split(Render(next), "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(l), "chain service-"); ok && !strings.Contains(before, "chain service-"+name) {
+			blocker = "service-" + strings.TrimSuffix(name, " {")
+			break
+		}
+	}
+	if blocker == "" {
+		t.Fatal("the next state adds no service chain")
+	}
+	ns.MustRun(t, "nft", "add", "chain", "ip", TableName, blocker, "{ type filter hook input priority 100; policy accept; }")
+	withBlocker := listing(t, ns)
+
+	err := b.Sync(context.Background(), next)
+	if err == nil {
+		t.Fatal("the kernel accepted a chain clashing with a base chain")
+	}
+	t.Logf("refused as expected: %v", err)
+	if got := listing(t, ns); got != withBlocker {
+		t.Fatalf("a refused transaction changed the kernel:\n%s", lineDiff(withBlocker, got))
+	}
+	ns.MustRun(t, "nft", "delete", "chain", "ip", TableName, blocker)
+	syncAndCompare(t, ns, b, next) // the retry: a full sync
+}
+
+// Hostile names from manifests become safe nft identifiers.
+func TestHostileNamesAreSafeIdentifiers(t *testing.T) {
+	sandbox.Require(t, "nft")
+	ns := sandbox.New(t, "names")
+	m := `apiVersion: v1
+kind: Service
+metadata: {name: "a b;\"c\" } ; drop", namespace: "x\ny"}
+spec: {clusterIP: 10.96.0.1, ports: [{name: "p@#", port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s, namespace: "x\ny", labels: {kubernetes.io/service-name: "a b;\"c\" } ; drop"}}
+addressType: IPv4
+ports: [{name: "p@#", port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.0.0.1]}]
+`
+	st := dptest.Scenario{Name: "hostile", Manifests: m}.Build(t)
+	for _, l := range strings.Split(Render(st), "\n") {
+		if strings.ContainsAny(l, "\";@#") && strings.Contains(l, "chain ") {
+			t.Errorf("unsafe identifier in %q", l)
+		}
+	}
+	syncAndCompare(t, ns, New(WithNetNS(ns.FD())), st)
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/svcproxy/svcproxy/dptest"
+	"github.com/svcproxy/svcproxy/nft"
 	"github.com/svcproxy/svcproxy/sandbox"
 )
 
@@ -225,4 +226,65 @@ func TestSwitchingProxyMode(t *testing.T) {
 		})
 		d.stop(t)
 	}
+}
+
+// While the kernel refuses every sync, the rules stay, /healthz turns
+// unhealthy after 2 × --sync-period and failures are counted; when the
+// cause goes, the next retry programs the change and health returns.
+func TestRefusedSyncsMakeHealthzFail(t *testing.T) {
+	bin := buildBinary(t)
+	env := dptest.NewEnv(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeManifest), 0o644)
+	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(dptest.Scenarios[0].Manifests), 0o644)
+	startDaemon(t, bin, env.Node, "--manifests", dir, "--proxy-mode", "nftables", "--hostname-override", "node-a",
+		"--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--min-sync-period", "0", "--sync-period", "2s",
+		"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
+	healthz := func() int { code, _, _ := httpInNS(env.Node, "http://127.0.0.1:10256/healthz"); return code }
+	eventually(t, "healthy", func() error {
+		if c := healthz(); c != 200 {
+			return errorf("healthz %d", c)
+		}
+		return nil
+	})
+
+	// Block a chain the next change needs (the model predicts its name).
+	next := dptest.Scenario{Name: "next", Manifests: dptest.ScaleDownManifests()}.Build(t)
+	current, _ := env.Node.Run("nft", "list", "table", "ip", "svcproxy")
+	var blocker string
+	for _, l := range strings.Split(nft.Render(next), "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(l), "chain service-"); ok && !strings.Contains(current, "chain service-"+name) {
+			blocker = "service-" + strings.TrimSuffix(name, " {")
+			break
+		}
+	}
+	env.Node.MustRun(t, "nft", "add", "chain", "ip", "svcproxy", blocker, "{ type filter hook input priority 100; policy accept; }")
+	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(dptest.ScaleDownManifests()), 0o644)
+
+	eventually(t, "unhealthy while syncs fail", func() error {
+		if c := healthz(); c != 503 {
+			return errorf("healthz %d", c)
+		}
+		return nil
+	})
+	// The old rules still work: web still reaches b3, which the edit removed.
+	if got, err := answers(env, "10.96.0.10:80", 30); err != nil || !got["b3"] {
+		t.Errorf("old rules during the failures: %v %v", got, err)
+	}
+	_, metrics, _ := httpInNS(env.Node, "http://127.0.0.1:10249/metrics")
+	if !strings.Contains(metrics, "kubeproxy_sync_proxy_rules_nftables_sync_failures_total ") || strings.Contains(metrics, "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0\n") {
+		t.Errorf("failures not counted")
+	}
+
+	env.Node.MustRun(t, "nft", "delete", "chain", "ip", "svcproxy", blocker)
+	eventually(t, "healthy again and the change programmed", func() error {
+		if c := healthz(); c != 200 {
+			return errorf("healthz %d", c)
+		}
+		got, err := answers(env, "10.96.0.10:80", 20)
+		if err != nil || len(got) != 1 || !got["b1"] {
+			return errorf("answers %v %v", got, err)
+		}
+		return nil
+	})
 }
