@@ -163,11 +163,23 @@ table inet other {
 }
 `
 	ns.MustRun(t, "sh", "-c", "nft -f - <<'EOF'\n"+foreign+"EOF")
-	snapshot := ns.MustRun(t, "nft", "list", "ruleset")
+	theirs := func() string {
+		return ns.MustRun(t, "nft", "list", "table", "ip", "foreign") + ns.MustRun(t, "nft", "list", "table", "inet", "other")
+	}
+	snapshot, before := ns.MustRun(t, "nft", "list", "ruleset"), theirs()
+	check := func(step string) {
+		if got := theirs(); got != before {
+			t.Fatalf("after %s the foreign tables changed:\n%s", step, lineDiff(before, got))
+		}
+	}
 	b := New(WithNetNS(ns.FD()))
 	syncAndCompare(t, ns, b, baseState(t))
+	check("a sync")
 	b.RequestFullSync()
 	syncAndCompare(t, ns, b, dptest.Scenarios[1].Build(t))
+	check("a full sync")
+	syncAndCompare(t, ns, New(WithNetNS(ns.FD())), dptest.Scenarios[1].Build(t))
+	check("a restart")
 	if err := b.Cleanup(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -463,3 +463,33 @@ func TestExternalRoutes(t *testing.T) {
 		})
 	}
 }
+
+// Huge objects are handled, and what is wrong in them is reported in
+// bounded space.
+func TestHugeObjects(t *testing.T) {
+	var ps []corev1.ServicePort
+	for i := range 10000 {
+		ps = append(ps, port(fmt.Sprintf("p%d", i), corev1.ProtocolTCP, int32(1+i%65535), 0))
+	}
+	many := svc("many-ports", "10.96.0.10", ports(ps...))
+	var eps []discoveryv1.Endpoint
+	for i := range 100000 {
+		addr := fmt.Sprintf("10.%d.%d.%d", 100+i>>16, i>>8&255, i&255)
+		if i%5 == 0 {
+			addr = "bad" // 20,000 invalid addresses
+		}
+		eps = append(eps, ep(addr, fmt.Sprintf("node-%d", i%100)))
+	}
+	big := slice("big-1", "big", http8080, eps...)
+	st := proxy.Build(objects(many, svc("big", "10.96.0.11"), big), baseConfig)
+	if n := len(st.IPv4.Services); n != 10001 {
+		t.Errorf("%d service ports, want 10001", n)
+	}
+	got := st.IPv4.Service(proxy.Key{Namespace: "ns", Name: "big", Protocol: proxy.TCP, Port: "http"})
+	if got == nil || len(got.ClusterEndpoints) != 80000 {
+		t.Fatalf("big service: %v endpoints, want 80000", len(got.ClusterEndpoints))
+	}
+	if p := problemStrings(st); len(p) != 21 || !slices.Contains(p, "EndpointSlice ns/big-1: 19980 more problems not listed") {
+		t.Errorf("%d problems: %q", len(p), p[:3])
+	}
+}
