@@ -32,8 +32,11 @@ type Backend struct {
 	fullNext bool
 	// lastMessages counts the netlink messages of the last Sync.
 	lastMessages int
-	last         *proxy.State
-	fams         map[*family]*committed
+	// repairs counts full syncs that found the kernel changed behind our
+	// back (see tampered).
+	repairs uint64
+	last    *proxy.State
+	fams    map[*family]*committed
 }
 
 // committed is what the kernel holds for one family, as far as we know.
@@ -171,6 +174,53 @@ func (b *Backend) Close() error {
 	return nil
 }
 
+// Repairs is how many full syncs found svcproxy's tables changed by
+// someone else (and rewrote them).
+func (b *Backend) Repairs() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.repairs
+}
+
+// tampered reports whether the kernel differs from what we committed, as
+// far as cheap checks tell: the table, every chain and set we created, the
+// rule count of the services chain (an inserted or flushed rule shows
+// there), and the element count of the service-ips map.
+func (b *Backend) tampered(f *family, c *committed, chains, sets map[string]bool, present bool) bool {
+	if !present {
+		return true
+	}
+	for n := range c.live {
+		if !chains[n] {
+			return true
+		}
+	}
+	for n := range c.sets {
+		if !sets[n] {
+			return true
+		}
+	}
+	t, err := b.newTx()
+	if err != nil {
+		return false
+	}
+	tb := t.table(f)
+	rules, err := t.conn.GetRules(tb, t.chainRef(f, chainServices))
+	if err != nil || len(rules) != len(chainsOf(c.skeleton)[chainServices].rules) {
+		return true
+	}
+	want := 0
+	for _, fr := range c.services {
+		for _, e := range fr.elems {
+			if e.set == mapServiceIPs {
+				want++
+			}
+		}
+	}
+	els, err := t.conn.GetSetElements(&nftables.Set{Table: tb, Name: mapServiceIPs})
+	return err != nil || len(els) != want
+}
+
 // chainRank orders chain creation so that every chain exists before a
 // rule refers to it: leaves first, base chains last.
 func chainRank(c *chainDef) int {
@@ -246,6 +296,10 @@ func (b *Backend) fullSync(s *proxy.State) error {
 		chains, sets, present, err := b.listNames(f)
 		if err != nil {
 			return err
+		}
+		if b.fams != nil && b.fams[f] != nil && b.tampered(f, b.fams[f], chains, sets, present) {
+			b.repairs++
+			klog.InfoS("nftables rules were changed by someone else; repairing", "family", f.keyword)
 		}
 		c := &committed{services: map[proxy.Key]*fragment{}, live: map[string]bool{}, sets: map[string]bool{},
 			staleChains: map[string]bool{}, staleSets: map[string]bool{}, hairpin: map[netip.Addr]int{}}

@@ -134,8 +134,19 @@ func TestFullSyncRepairsTampering(t *testing.T) {
 		if got := listing(t, ns); got == Render(st) {
 			t.Fatalf("%v changed nothing", tamper)
 		}
+		before := b.Repairs()
 		b.RequestFullSync()
 		syncAndCompare(t, ns, b, st)
+		if b.Repairs() != before+1 {
+			t.Errorf("%v: repairs %d → %d, want one more", tamper, before, b.Repairs())
+		}
+	}
+	// A full sync with nothing changed is no repair.
+	before := b.Repairs()
+	b.RequestFullSync()
+	syncAndCompare(t, ns, b, st)
+	if b.Repairs() != before {
+		t.Errorf("an untouched table counted as repaired")
 	}
 }
 

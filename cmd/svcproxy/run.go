@@ -177,6 +177,12 @@ func (f *runFlags) run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := controller.NewMetrics(reg, failureMetric)
+	if rc, ok := backend.(interface{ Repairs() uint64 }); ok {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "svcproxy", Name: "sync_proxy_rules_repairs_total",
+			Help: "Full syncs that found the rules changed by someone else and repaired them",
+		}, func() float64 { return float64(rc.Repairs()) }))
+	}
 
 	proxyHealth := health.NewProxyHealth(2*f.syncPeriod, nil)
 	var listenIPs []netip.Addr // service health checks listen on the NodePort addresses when set
