@@ -45,8 +45,8 @@ type Hooks struct {
 	// Queued is called when a change is waiting to be programmed.
 	Queued func()
 	// Synced is called after every successful sync with the State that is
-	// now in the kernel.
-	Synced func(*proxy.State)
+	// now in the kernel and the objects it was built from (read-only).
+	Synced func(*proxy.State, proxy.Inputs)
 	// Failed is called after every failed sync.
 	Failed func(error)
 	// NewProblems is called after a successful sync with the problems
@@ -169,7 +169,8 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	if tt, ok := c.Source.(TriggerTimer); ok {
 		c.triggers = append(c.triggers, tt.DrainTriggerTimes()...)
 	}
-	st := proxy.Build(c.Source.Inputs(), c.Config)
+	in := c.Source.Inputs()
+	st := proxy.Build(in, c.Config)
 	if fs, ok := c.Backend.(FullSyncer); ok && full {
 		fs.RequestFullSync()
 	}
@@ -186,7 +187,7 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	klog.V(2).InfoS("Synced", "full", full, "duration", time.Since(start),
 		"ipv4Services", len(st.IPv4.Services), "ipv6Services", len(st.IPv6.Services), "problems", len(st.Problems))
 	if c.Hooks.Synced != nil {
-		c.Hooks.Synced(st)
+		c.Hooks.Synced(st, in)
 	}
 	if c.Metrics != nil {
 		for _, t := range c.triggers {

@@ -217,7 +217,7 @@ func (f *runFlags) run(ctx context.Context) error {
 					proxyHealth.QueuedUpdate(fam)
 				}
 			},
-			Synced: func(st *proxy.State) {
+			Synced: func(st *proxy.State, in proxy.Inputs) {
 				if !otherCleaned {
 					if err := other.Cleanup(ctx); err != nil {
 						klog.ErrorS(err, "Removing the rules of the other proxy mode")
@@ -228,7 +228,7 @@ func (f *runFlags) run(ctx context.Context) error {
 				for _, fam := range families {
 					proxyHealth.Updated(fam)
 				}
-				for _, n := range src.Inputs().Nodes {
+				for _, n := range in.Nodes {
 					if n.Name == node {
 						proxyHealth.SetNode(n)
 					}

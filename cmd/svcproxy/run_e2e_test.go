@@ -26,6 +26,19 @@ metadata: {name: node-a}
 status: {addresses: [{type: InternalIP, address: 192.168.50.2}, {type: InternalIP, address: "fd00:50::2"}]}
 `
 
+// manifestDir is a directory holding the test node and the base Services
+// of the shared scenarios, as `run --manifests` reads it.
+func manifestDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range map[string]string{"node.yaml": nodeManifest, "services.yaml": dptest.Scenarios[0].Manifests} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // buildBinary compiles svcproxy once per test binary run.
 func buildBinary(t *testing.T) string {
 	t.Helper()
@@ -129,14 +142,12 @@ func TestRunFromManifestsEndToEnd(t *testing.T) {
 	for _, mode := range []string{"nftables", "iptables"} {
 		t.Run(mode, func(t *testing.T) {
 			env := dptest.NewEnv(t)
-			dir := t.TempDir()
+			dir := manifestDir(t)
 			write := func(name, content string) {
 				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
-			write("node.yaml", nodeManifest)
-			write("services.yaml", dptest.Scenarios[0].Manifests)
 			d := startDaemon(t, bin, env.Node, "--manifests", dir, "--proxy-mode", mode, "--hostname-override", "node-a",
 				"--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--min-sync-period", "0", "--sync-period", "5s",
 				"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
@@ -194,9 +205,7 @@ func errorf(format string, args ...any) error { return fmt.Errorf(format, args..
 func TestSwitchingProxyMode(t *testing.T) {
 	bin := buildBinary(t)
 	env := dptest.NewEnv(t)
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeManifest), 0o644)
-	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(dptest.Scenarios[0].Manifests), 0o644)
+	dir := manifestDir(t)
 	common := []string{"--manifests", dir, "--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16",
 		"--min-sync-period", "0", "--healthz-bind-address", "", "--metrics-bind-address", ""}
 	leftovers := func() (nftTables, iptChains int) {
@@ -234,9 +243,7 @@ func TestSwitchingProxyMode(t *testing.T) {
 func TestRefusedSyncsMakeHealthzFail(t *testing.T) {
 	bin := buildBinary(t)
 	env := dptest.NewEnv(t)
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeManifest), 0o644)
-	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(dptest.Scenarios[0].Manifests), 0o644)
+	dir := manifestDir(t)
 	startDaemon(t, bin, env.Node, "--manifests", dir, "--proxy-mode", "nftables", "--hostname-override", "node-a",
 		"--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--min-sync-period", "0", "--sync-period", "2s",
 		"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
