@@ -75,6 +75,18 @@ const (
 	portAttempts          = 3                // retries when a picked port was taken meanwhile
 )
 
+// TB is the part of testing.TB the package needs. *testing.T and
+// *testing.B implement it, and so can a program (the latency benchmark,
+// cmd/svcproxy-bench) that runs an API server outside of tests.
+type TB interface {
+	sandbox.TB
+	Logf(format string, args ...any)
+	Failed() bool
+	TempDir() string
+}
+
+var _ TB = testing.TB(nil)
+
 // Server is a running etcd + kube-apiserver pair owned by one test.
 //
 // All methods are safe for concurrent use.
@@ -83,7 +95,7 @@ type Server struct {
 	// not change across Stop/Restart.
 	URL string
 
-	t          testing.TB
+	t          TB
 	dir        string // t.TempDir(): certs, token file, kubeconfig, logs, etcd data
 	apiBin     string
 	etcdBin    string
@@ -118,7 +130,7 @@ var binaries struct {
 // caches kube-apiserver and installs etcd when needed; the result is
 // remembered for the rest of the test process, so only the first call can
 // take long (a cold build takes ~8 minutes; cached, milliseconds).
-func Require(t testing.TB) {
+func Require(t TB) {
 	t.Helper()
 	if _, _, err := ensureBinaries(); err != nil {
 		msg := "apiserver: cannot run a kube-apiserver: " + err.Error()
@@ -240,7 +252,7 @@ func isExecutable(p string) error {
 // and waits for them to exit before the temporary directory (certificates,
 // etcd data, logs) is removed. When the test failed, the cleanup logs the
 // tail of both logs first.
-func Start(t testing.TB) *Server {
+func Start(t TB) *Server {
 	t.Helper()
 	return start(t, nil)
 }
@@ -249,12 +261,12 @@ func Start(t testing.TB) *Server {
 // network namespace ns, bound to its 127.0.0.1: a daemon started in the
 // same namespace reaches them through Kubeconfig, and the test's clients
 // (RESTConfig, Client) dial into the namespace.
-func StartInNetNS(t testing.TB, ns *sandbox.NS) *Server {
+func StartInNetNS(t TB, ns *sandbox.NS) *Server {
 	t.Helper()
 	return start(t, ns)
 }
 
-func start(t testing.TB, ns *sandbox.NS) *Server {
+func start(t TB, ns *sandbox.NS) *Server {
 	t.Helper()
 	Require(t)
 	apiBin, etcdBin, _ := ensureBinaries()
@@ -626,7 +638,7 @@ func (s *Server) Stop() {
 // Restart starts the API server again on the same port, with the same
 // certificates, credentials and etcd data, and waits for /readyz; it stops
 // the running one first if Stop was not called. Failure fails t.
-func (s *Server) Restart(t testing.TB) {
+func (s *Server) Restart(t TB) {
 	t.Helper()
 	s.Stop()
 	if err := s.startAPIServer(false); err != nil {
