@@ -226,8 +226,7 @@ func TestRunAgainstAPIServer(t *testing.T) {
 				}()
 			}
 			time.Sleep(300 * time.Millisecond)
-			_ = d.cmd.Process.Kill()
-			_ = d.cmd.Wait()
+			d.Kill()
 			time.Sleep(300 * time.Millisecond)
 			startDaemon(t, bin, env.Node, args...)
 			time.Sleep(3 * time.Second) // the new process has synced by now

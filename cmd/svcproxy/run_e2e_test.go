@@ -1,20 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/svcproxy/svcproxy/daemontest"
 	"github.com/svcproxy/svcproxy/dptest"
 	"github.com/svcproxy/svcproxy/nft"
 	"github.com/svcproxy/svcproxy/sandbox"
@@ -42,54 +40,15 @@ func manifestDir(t *testing.T) string {
 // buildBinary compiles svcproxy once per test binary run.
 func buildBinary(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "svcproxy")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return daemontest.Build(t)
 }
 
 // daemon is `svcproxy run` inside the node namespace.
-type daemon struct {
-	cmd  *exec.Cmd
-	logs *bytes.Buffer
-}
+type daemon = daemontest.Daemon
 
 func startDaemon(t *testing.T, bin string, node *sandbox.NS, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{logs: &bytes.Buffer{}}
-	d.cmd = exec.Command("ip", append([]string{"netns", "exec", node.Name, bin, "run"}, args...)...)
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
-			_ = d.cmd.Process.Kill()
-			_ = d.cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.logs)
-		}
-	})
-	return d
-}
-
-// stop sends SIGTERM and waits; the daemon must exit cleanly.
-func (d *daemon) stop(t *testing.T) {
-	t.Helper()
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("daemon exited with %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon did not exit on SIGTERM")
-	}
+	return daemontest.Start(t, bin, node, args...)
 }
 
 // eventually polls check until it returns nil or 20 s pass.
@@ -183,7 +142,7 @@ func TestRunFromManifestsEndToEnd(t *testing.T) {
 			}
 
 			// SIGTERM leaves the rules: traffic still flows.
-			d.stop(t)
+			d.Stop(t)
 			if got, err := answers(env, "10.96.0.10:80", 5); err != nil || !got["b1"] {
 				t.Fatalf("after SIGTERM: %v, %v", got, err)
 			}
@@ -233,7 +192,7 @@ func TestSwitchingProxyMode(t *testing.T) {
 			}
 			return nil
 		})
-		d.stop(t)
+		d.Stop(t)
 	}
 }
 
@@ -259,11 +218,15 @@ func TestRefusedSyncsMakeHealthzFail(t *testing.T) {
 	next := dptest.Scenario{Name: "next", Manifests: dptest.ScaleDownManifests()}.Build(t)
 	current, _ := env.Node.Run("nft", "list", "table", "ip", "svcproxy")
 	var blocker string
-	for _, l := range strings.Split(nft.Render(next), "\n") {
-		if name, ok := strings.CutPrefix(strings.TrimSpace(l), "chain service-"); ok && !strings.Contains(current, "chain service-"+name) {
-			blocker = "service-" + strings.TrimSuffix(name, " {")
+	ipTable, _, _ := strings.Cut(nft.Render(next), "table ip6 ")
+	for _, l := range strings.Split(ipTable, "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(l), "chain "); ok && !strings.Contains(current, "chain "+name) {
+			blocker = strings.TrimSuffix(name, " {")
 			break
 		}
+	}
+	if blocker == "" {
+		t.Fatal("the change adds no chain to block")
 	}
 	env.Node.MustRun(t, "nft", "add", "chain", "ip", "svcproxy", blocker, "{ type filter hook input priority 100; policy accept; }")
 	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(dptest.ScaleDownManifests()), 0o644)
