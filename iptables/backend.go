@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	goipt "github.com/coreos/go-iptables/iptables"
+	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxy"
 )
@@ -31,6 +32,15 @@ import (
 // extra or outdated jump to them from built-in chains, and re-checks the
 // built-in jumps: it repairs whatever others changed.
 //
+// A full sync also compares what iptables-save shows of svcproxy's chains
+// and jumps with what the previous successful sync committed (no extra
+// reads: it is the listing the full sync reads anyway). A difference — one
+// of our chains missing, added, flushed or with a rule changed, inserted or
+// deleted, or a built-in jump missing, repeated or changed — means someone
+// else changed the rules: the sync is counted in Repairs once it succeeds.
+// Rules of other owners, and their jumps to their own chains, are not
+// compared.
+//
 // The variant (legacy or nft) is chosen at the first Sync (see WithMode).
 // A Backend is safe for concurrent use; syncs are serialised.
 type Backend struct {
@@ -43,6 +53,13 @@ type Backend struct {
 	fullNext bool
 	last     *proxy.State
 	mem      map[proxy.Family]*committed
+	// trusted: the last Sync succeeded, so mem is what the kernel held
+	// after it (after a failure some tables may hold the new rules).
+	trusted bool
+	// tampered holds what a full sync found changed by someone else, until
+	// a sync succeeds and counts it in repairs.
+	tampered []string
+	repairs  uint64
 	payloads []string // the restore payloads of the last Sync, for tests
 }
 
@@ -52,6 +69,7 @@ type Backend struct {
 type committed struct {
 	frags map[proxy.Key]*fragment
 	fixed map[string]string
+	skel  []*chain // the fixed chains, whose text fixed holds per table
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -96,6 +114,14 @@ func (b *Backend) RequestFullSync() {
 	b.mu.Unlock()
 }
 
+// Repairs is how many successful full syncs found svcproxy's chains or
+// jumps changed by someone else since the previous sync (and rewrote them).
+func (b *Backend) Repairs() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.repairs
+}
+
 // setup chooses the variant, once.
 func (b *Backend) setup(ctx context.Context) error {
 	if b.ipt != nil {
@@ -134,10 +160,15 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 	b.payloads = nil
 	mem, err := b.sync(ctx, s, full)
 	if err != nil {
-		b.fullNext = true
+		b.fullNext, b.trusted = true, false
 		return err
 	}
-	b.mem, b.last, b.fullNext = mem, s, false
+	if len(b.tampered) > 0 {
+		b.repairs++
+		klog.InfoS("iptables rules were changed by someone else; repaired", "mode", b.resolved, "changes", b.tampered)
+		b.tampered = nil
+	}
+	b.mem, b.last, b.fullNext, b.trusted = mem, s, false, true
 	return nil
 }
 
@@ -238,6 +269,7 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 		}
 	}
 	fixed := skeleton(f, fs, ordered)
+	c.skel = fixed
 	for _, ch := range fixed {
 		c.fixed[ch.table] += ch.name + "\n" + strings.Join(ch.rules, "\n") + "\n"
 	}
@@ -264,6 +296,11 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 			return nil, nil, nil, fmt.Errorf("%s: reading the rules to adopt: %w", fs.Family, err)
 		}
 		l := parseSave(out)
+		if b.trusted && old != nil {
+			if what := old.differs(l); what != "" {
+				b.tampered = append(b.tampered, fs.Family.String()+" "+what)
+			}
+		}
 		present := map[jump]bool{}
 		for _, t := range tables {
 			if tl := l[t]; tl != nil {
@@ -297,6 +334,67 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 		}
 	}
 	return c, plans, missing, nil
+}
+
+// differs compares l, what iptables-save shows of svcproxy's part of one
+// family, with what c says the kernel holds, and describes the first
+// difference ("" when there is none): a chain of ours missing or added, a
+// chain whose rules differ (flushed, or a rule inserted, deleted or
+// changed), or a built-in chain whose jumps to our chains are not exactly
+// ours. Foreign rules and chains are not in l and not compared.
+func (c *committed) differs(l listing) string {
+	want := map[string]map[string][]string{} // table → chain → rules
+	add := func(ch *chain) {
+		if want[ch.table] == nil {
+			want[ch.table] = map[string][]string{}
+		}
+		want[ch.table][ch.name] = ch.rules
+	}
+	for _, ch := range c.skel {
+		add(ch)
+	}
+	for _, fr := range c.frags {
+		for _, ch := range fr.chains {
+			add(ch)
+		}
+	}
+	builtin := map[string][]string{} // "table chain" → our jumps
+	for _, j := range jumps {
+		builtin[j.table+" "+j.chain] = append(builtin[j.table+" "+j.chain], j.spec)
+	}
+	for _, t := range tables {
+		tl := l[t]
+		if tl == nil {
+			tl = &tableListing{}
+		}
+		w := want[t]
+		for _, name := range sortedKeys(w) {
+			if !tl.chains[name] {
+				return fmt.Sprintf("table %s: chain %s missing", t, name)
+			}
+			if !slices.Equal(tl.rules[name], w[name]) {
+				return fmt.Sprintf("table %s: chain %s changed (%d rules, want %d)", t, name, len(tl.rules[name]), len(w[name]))
+			}
+		}
+		if len(tl.chains) != len(w) { // all of w are there: the rest are extra
+			for _, name := range sortedKeys(tl.chains) {
+				if _, ok := w[name]; !ok {
+					return fmt.Sprintf("table %s: chain %s added", t, name)
+				}
+			}
+		}
+		for _, name := range sortedKeys(tl.rules) {
+			if builtinChains[name] && !slices.Equal(tl.rules[name], builtin[t+" "+name]) {
+				return fmt.Sprintf("table %s: jumps from %s changed (%d, want %d)", t, name, len(tl.rules[name]), len(builtin[t+" "+name]))
+			}
+		}
+		for _, j := range jumps {
+			if j.table == t && len(tl.rules[j.chain]) == 0 {
+				return fmt.Sprintf("table %s: jump from %s missing", t, j.chain)
+			}
+		}
+	}
+	return ""
 }
 
 func (c *committed) fragment(k proxy.Key) *fragment {
@@ -437,6 +535,6 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			}
 		}
 	}
-	b.mem, b.last, b.fullNext = nil, nil, true
+	b.mem, b.last, b.fullNext, b.trusted, b.tampered = nil, nil, true, false, nil
 	return nil
 }
