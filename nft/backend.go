@@ -51,6 +51,9 @@ type committed struct {
 	// hairpin counts the services using each endpoint address; the
 	// address is in @hairpin-ips while its count is positive.
 	hairpin map[netip.Addr]int
+	// refs counts the service ports using each shared chain; the chain
+	// lives while its count is positive.
+	refs map[string]int
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -302,7 +305,7 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			klog.InfoS("nftables rules were changed by someone else; repairing", "family", f.keyword)
 		}
 		c := &committed{services: map[proxy.Key]*fragment{}, live: map[string]bool{}, sets: map[string]bool{},
-			staleChains: map[string]bool{}, staleSets: map[string]bool{}, hairpin: map[netip.Addr]int{}}
+			staleChains: map[string]bool{}, staleSets: map[string]bool{}, hairpin: map[netip.Addr]int{}, refs: map[string]int{}}
 		tbl := newTable(f)
 		c.skeleton = skeleton(f, fs)
 		tbl.add(c.skeleton)
@@ -312,6 +315,11 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			tbl.add(fr)
 			for _, ip := range fr.hairpin {
 				c.hairpin[ip]++
+			}
+			for _, ch := range fr.chains {
+				if ch.shared {
+					c.refs[ch.name]++
+				}
 			}
 		}
 		for n := range tbl.chains {
@@ -441,6 +449,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		c        *committed
 		services map[proxy.Key]*fragment
 		hairpin  map[netip.Addr]int // new counts of the addresses that changed
+		refs     map[string]int     // new counts of the shared chains that changed
 		skeleton *fragment
 		added    []string // chains
 		addedSet []string
@@ -452,7 +461,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		f := familyFor(fs.Family)
 		c := b.fams[f]
 		d := s.Diff(b.last, fs.Family)
-		u := update{c: c, services: map[proxy.Key]*fragment{}, hairpin: map[netip.Addr]int{}}
+		u := update{c: c, services: map[proxy.Key]*fragment{}, hairpin: map[netip.Addr]int{}, refs: map[string]int{}}
 
 		// 1. What the previous sync flushed is unreferenced now.
 		for n := range c.staleSets {
@@ -497,8 +506,23 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		var delElems, addElems []setElem
 		var newChains, rewritten []*chainDef
 		setsByName := map[string]*setDef{}
+		sharedDefs := map[string]*chainDef{}
 		for _, p := range pairs {
 			oldChains, newChainSet := chainsOf(p.old), chainsOf(p.new)
+			// Shared chains live by reference count (below).
+			for name, ch := range oldChains {
+				if ch.shared {
+					u.refs[name] = countOr(u.refs, c.refs, name) - 1
+					delete(oldChains, name)
+				}
+			}
+			for name, ch := range newChainSet {
+				if ch.shared {
+					u.refs[name] = countOr(u.refs, c.refs, name) + 1
+					sharedDefs[name] = ch
+					delete(newChainSet, name)
+				}
+			}
 			for name, ch := range newChainSet {
 				if old, ok := oldChains[name]; ok {
 					if ch.base != nil || isFixed(name) {
@@ -532,14 +556,24 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 			}
 			oldEl, newEl := elemsOf(p.old, setsByName), elemsOf(p.new, setsByName)
 			for k, e := range oldEl {
-				if ne, ok := newEl[k]; !ok || ne.el.verdict != e.el.verdict {
+				if ne, ok := newEl[k]; !ok || ne.el != e.el {
 					delElems = append(delElems, e)
 				}
 			}
 			for k, e := range newEl {
-				if oe, ok := oldEl[k]; !ok || oe.el.verdict != e.el.verdict {
+				if oe, ok := oldEl[k]; !ok || oe.el != e.el {
 					addElems = append(addElems, e)
 				}
+			}
+		}
+		for name, n := range u.refs {
+			switch was := c.refs[name]; {
+			case was == 0 && n > 0:
+				if !c.live[name] || c.staleChains[name] {
+					newChains = append(newChains, sharedDefs[name])
+				}
+			case was > 0 && n == 0:
+				u.stale = append(u.stale, name)
 			}
 		}
 		// Hairpin addresses: in the set while some service uses them.
@@ -633,16 +667,23 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 				c.hairpin[ip] = n
 			}
 		}
+		for name, n := range u.refs {
+			if n == 0 {
+				delete(c.refs, name)
+			} else {
+				c.refs[name] = n
+			}
+		}
 	}
 	return nil
 }
 
 // countOr is the pending count of ip, or else its committed one.
-func countOr(pending, committed map[netip.Addr]int, ip netip.Addr) int {
-	if n, ok := pending[ip]; ok {
+func countOr[K comparable](pending, committed map[K]int, k K) int {
+	if n, ok := pending[k]; ok {
 		return n
 	}
-	return committed[ip]
+	return committed[k]
 }
 
 func isFixed(name string) bool {
@@ -700,6 +741,10 @@ func skeletonSet(name string) *setDef {
 		return &setDef{name: name, kind: addrSet}
 	case setHairpin:
 		return &setDef{name: name, kind: hairpinSet}
+	case mapClusterEndpoints, mapLocalEndpoints:
+		return &setDef{name: name, kind: endpointMap}
+	case mapClusterNodePortEndpoints, mapLocalNodePortEndpoints:
+		return &setDef{name: name, kind: nodePortEndpointMap}
 	}
 	return &setDef{name: name, kind: destMap}
 }

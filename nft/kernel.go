@@ -18,9 +18,8 @@ import (
 // socket's receive buffer (socketBuffer, forced as root). Measured: see
 // docs/performance.md.
 const (
-	maxMessages    = 20000
-	socketBuffer   = 64 << 20
-	affinitySetMax = 65535
+	maxMessages  = 20000
+	socketBuffer = 64 << 20
 	// elemListBytes bounds the encoded elements of one message: the
 	// element list is one netlink attribute, whose length is 16 bits.
 	elemListBytes = 48 << 10
@@ -100,7 +99,14 @@ func (t *tx) nlSet(f *family, s *setDef) *nftables.Set {
 		ns.KeyType = f.addrType
 		ns.Dynamic, ns.HasTimeout = true, true
 		ns.Timeout = secs(s.timeout)
-		ns.Size = affinitySetMax
+	case endpointMap:
+		ns.IsMap, ns.Concatenation = true, true
+		ns.KeyType = nftables.MustConcatSetType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
+		ns.DataType = nftables.MustConcatSetType(f.addrType, nftables.TypeInetService)
+	case nodePortEndpointMap:
+		ns.IsMap, ns.Concatenation = true, true
+		ns.KeyType = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
+		ns.DataType = nftables.MustConcatSetType(f.addrType, nftables.TypeInetService)
 	}
 	return ns
 }
@@ -221,11 +227,23 @@ func nlElement(f *family, s *setDef, e element) nftables.SetElement {
 		key = append(key, pad(be16(e.port))...)
 	case hairpinSet:
 		key = append(e.addr.AsSlice(), e.addr.AsSlice()...)
+	case endpointMap:
+		key = append(key, e.addr.AsSlice()...)
+		key = append(key, pad([]byte{protoNum(e.proto)})...)
+		key = append(key, pad(be16(e.port))...)
+		key = append(key, ne32(e.index)...)
+	case nodePortEndpointMap:
+		key = append(key, pad([]byte{protoNum(e.proto)})...)
+		key = append(key, pad(be16(e.port))...)
+		key = append(key, ne32(e.index)...)
 	default:
 		key = e.addr.AsSlice()
 	}
 	el := nftables.SetElement{Key: key}
-	if s.isMap() {
+	switch s.kind {
+	case endpointMap, nodePortEndpointMap:
+		el.Val = append(e.to.Addr().AsSlice(), pad(be16(e.to.Port()))...)
+	case destMap, portMap:
 		el.VerdictData = &expr.Verdict{Kind: e.verdict.kind, Chain: e.verdict.chain}
 	}
 	return el
@@ -308,6 +326,10 @@ func elemKey(s *setDef, e element) string {
 		return netip.AddrPortFrom(e.addr, e.port).String() + "/" + string(e.proto)
 	case portMap:
 		return fmt.Sprintf("%d/%s", e.port, e.proto)
+	case endpointMap:
+		return fmt.Sprintf("%s/%s#%d", netip.AddrPortFrom(e.addr, e.port), e.proto, e.index)
+	case nodePortEndpointMap:
+		return fmt.Sprintf("%d/%s#%d", e.port, e.proto, e.index)
 	}
 	return e.addr.String()
 }

@@ -57,7 +57,28 @@ const (
 	mapFirewall            = "firewall-ips"
 	setNodePortIPs         = "nodeport-ips"
 	setHairpin             = "hairpin-ips"
+
+	// Endpoint maps: where `numgen random mod N` sends a destination.
+	// Cluster ones hold ClusterEndpoints, local ones LocalEndpoints; the
+	// nodeport ones are keyed by protocol and port alone.
+	mapClusterEndpoints         = "cluster-endpoints"
+	mapLocalEndpoints           = "local-endpoints"
+	mapClusterNodePortEndpoints = "cluster-nodeport-endpoints"
+	mapLocalNodePortEndpoints   = "local-nodeport-endpoints"
 )
+
+// endpointMapFor names the endpoint map a pick uses.
+func endpointMapFor(byAddr, local bool) string {
+	switch {
+	case byAddr && local:
+		return mapLocalEndpoints
+	case byAddr:
+		return mapClusterEndpoints
+	case local:
+		return mapLocalNodePortEndpoints
+	}
+	return mapClusterNodePortEndpoints
+}
 
 // fragment is the part of a table that one service port (or the fixed
 // skeleton) contributes.
@@ -87,6 +108,8 @@ func skeleton(f *family, fs *proxy.FamilyState) *fragment {
 		{name: mapServiceIPs, kind: destMap}, {name: mapNodePorts, kind: portMap},
 		{name: mapNoEndpoints, kind: destMap}, {name: mapNoEndpointNodePorts, kind: portMap},
 		{name: mapFirewall, kind: destMap}, {name: setHairpin, kind: hairpinSet},
+		{name: mapClusterEndpoints, kind: endpointMap}, {name: mapLocalEndpoints, kind: endpointMap},
+		{name: mapClusterNodePortEndpoints, kind: nodePortEndpointMap}, {name: mapLocalNodePortEndpoints, kind: nodePortEndpointMap},
 	} {
 		fr.sets = append(fr.sets, s)
 	}
@@ -128,9 +151,161 @@ func skeleton(f *family, fs *proxy.FamilyState) *fragment {
 	return fr
 }
 
-// service lays out one service port: its chains, its affinity sets, and
-// the map elements that make it reachable.
+// service lays out one service port: its chains, its sets, and the map
+// elements that make it reachable.
 func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+	if sp.AffinitySeconds > 0 {
+		return affinityService(f, fs, sp)
+	}
+	return pooledService(f, fs, sp)
+}
+
+// pooledService lays out a service port without affinity as data: its
+// destinations go to chains shared by every service with the same number
+// of endpoints and the same routes, whose `numgen random mod N` indexes
+// the endpoint maps, which hold the service's endpoints. The port has no
+// chain of its own (but for source ranges).
+func pooledService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+	fr := &fragment{}
+	proto := sp.Key.Protocol
+	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
+		fr.hairpin = append(fr.hairpin, ep.IP)
+	}
+	fr.hairpin = slices.Compact(fr.hairpin)
+
+	// fill puts the endpoints for one destination into an endpoint map.
+	fill := func(byAddr, local bool, addr netip.Addr, port uint16, eps []proxy.Endpoint) {
+		m := endpointMapFor(byAddr, local)
+		for i, ep := range eps {
+			fr.elem(m, element{addr: addr, proto: proto, port: port, index: uint32(i), to: netip.AddrPortFrom(ep.IP, ep.Port)})
+		}
+	}
+	pick := func(byAddr, local bool, eps []proxy.Endpoint) dnatPick {
+		return dnatPick{byAddr: byAddr, set: endpointMapFor(byAddr, local), n: len(eps)}
+	}
+
+	// ClusterIP.
+	if v := sp.InternalVerdict(); v == proxy.Forward {
+		eps := sp.InternalEndpoints()
+		var rules []rule
+		if masq := clusterIPMasqueradeRule(fs); masq != nil {
+			rules = append(rules, masq)
+		}
+		rules = append(rules, rule{pick(true, sp.InternalPolicyLocal, eps)})
+		ch := fr.sharedChain(f, "clusterip", rules)
+		fr.elem(mapServiceIPs, element{addr: sp.ClusterIP, proto: proto, port: sp.Port, verdict: goTo(ch)})
+		fill(true, sp.InternalPolicyLocal, sp.ClusterIP, sp.Port, eps)
+	} else {
+		fr.elem(mapNoEndpoints, element{addr: sp.ClusterIP, proto: proto, port: sp.Port, verdict: noEndpointVerdict(v)})
+	}
+
+	// External destinations: the model's routes, in order, each ending in
+	// a pick from the endpoints it names.
+	externalIPs := append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...)
+	if routes := fs.ExternalRoutes(sp); len(routes) > 0 {
+		routeChain := func(prefix string, byAddr bool) string {
+			var rules []rule
+			for _, r := range routes {
+				match := routeMatch(r)
+				if r.Masquerade {
+					rules = append(rules, append(slices.Clone(match), markSet))
+				}
+				eps := sp.ClusterEndpoints
+				if r.Local {
+					eps = sp.LocalEndpoints
+				}
+				rules = append(rules, append(slices.Clone(match), pick(byAddr, r.Local, eps)))
+			}
+			return fr.sharedChain(f, prefix, rules)
+		}
+		usesLocal := slices.ContainsFunc(routes, func(r proxy.Route) bool { return r.Local })
+		usesCluster := slices.ContainsFunc(routes, func(r proxy.Route) bool { return !r.Local })
+		fillRoutes := func(byAddr bool, addr netip.Addr, port uint16) {
+			if usesCluster {
+				fill(byAddr, false, addr, port, sp.ClusterEndpoints)
+			}
+			if usesLocal {
+				fill(byAddr, true, addr, port, sp.LocalEndpoints)
+			}
+		}
+		if len(externalIPs) > 0 {
+			ch := routeChain("external", true)
+			for _, ip := range externalIPs {
+				fr.elem(mapServiceIPs, element{addr: ip, proto: proto, port: sp.Port, verdict: goTo(ch)})
+				fillRoutes(true, ip, sp.Port)
+			}
+		}
+		if sp.NodePort != 0 {
+			ch := routeChain("nodeport", false)
+			fr.elem(mapNodePorts, element{proto: proto, port: sp.NodePort, verdict: goTo(ch)})
+			fillRoutes(false, netip.Addr{}, sp.NodePort)
+		}
+	}
+	fr.firewall(f, sp)
+	fr.noEndpoints(sp, externalIPs)
+	return fr
+}
+
+// routeMatch is the sender match of a route.
+func routeMatch(r proxy.Route) []stmt {
+	switch r.From {
+	case proxy.PodSender:
+		return []stmt{addrMatch{src: true, prefix: r.Prefix}}
+	case proxy.NodeSender:
+		return []stmt{fibLocal{src: true}}
+	}
+	return nil
+}
+
+// clusterIPMasqueradeRule marks ClusterIP traffic for masquerading as
+// the model decides (nil when none is). It sits in chains reached from
+// ClusterIPs only, so it needs no destination match.
+func clusterIPMasqueradeRule(fs *proxy.FamilyState) rule {
+	all, notFrom, ok := fs.ClusterIPMasquerade()
+	switch {
+	case !ok:
+		return nil
+	case all:
+		return rule{markSet}
+	}
+	return rule{addrMatch{src: true, negate: true, prefix: notFrom}, markSet}
+}
+
+// firewall adds the source-range chain of a load-balancer port.
+func (fr *fragment) firewall(f *family, sp *proxy.ServicePort) {
+	if len(sp.LoadBalancerIPs) == 0 || len(sp.SourceRanges) == 0 {
+		return
+	}
+	var rules []rule
+	for _, r := range sp.SourceRanges {
+		rules = append(rules, rule{addrMatch{src: true, prefix: r}, vReturn})
+	}
+	rules = append(rules, rule{vDrop})
+	fw := fr.chain(f, "firewall", sp.Key.String(), rules)
+	for _, ip := range sp.LoadBalancerIPs {
+		fr.elem(mapFirewall, element{addr: ip, proto: sp.Key.Protocol, port: sp.Port, verdict: goTo(fw)})
+	}
+}
+
+// noEndpoints adds the reject or drop verdicts of external destinations
+// that have nowhere to go.
+func (fr *fragment) noEndpoints(sp *proxy.ServicePort, externalIPs []netip.Addr) {
+	v := sp.ExternalVerdict()
+	if v == proxy.Forward || !sp.ExternallyAccessible() {
+		return
+	}
+	for _, ip := range externalIPs {
+		fr.elem(mapNoEndpoints, element{addr: ip, proto: sp.Key.Protocol, port: sp.Port, verdict: noEndpointVerdict(v)})
+	}
+	if sp.NodePort != 0 {
+		fr.elem(mapNoEndpointNodePorts, element{proto: sp.Key.Protocol, port: sp.NodePort, verdict: noEndpointVerdict(v)})
+	}
+}
+
+// affinityService lays out a service port with ClientIP affinity as
+// kube-proxy does: chains of its own, and per endpoint a chain and a set
+// remembering its clients.
+func affinityService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
 	fr := &fragment{}
 	key := sp.Key.String()
 	proto := sp.Key.Protocol
@@ -200,13 +375,7 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 	if routes := fs.ExternalRoutes(sp); len(routes) > 0 {
 		var rules []rule
 		for _, r := range routes {
-			var match []stmt
-			switch r.From {
-			case proxy.PodSender:
-				match = []stmt{addrMatch{src: true, prefix: r.Prefix}}
-			case proxy.NodeSender:
-				match = []stmt{fibLocal{src: true}}
-			}
+			match := routeMatch(r)
 			if r.Masquerade {
 				rules = append(rules, append(slices.Clone(match), markSet))
 			}
@@ -219,18 +388,7 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		extChain = fr.chain(f, "external", key, rules)
 	}
 
-	// Firewall chain: load-balancer source ranges.
-	if len(sp.LoadBalancerIPs) > 0 && len(sp.SourceRanges) > 0 {
-		var rules []rule
-		for _, r := range sp.SourceRanges {
-			rules = append(rules, rule{addrMatch{src: true, prefix: r}, vReturn})
-		}
-		rules = append(rules, rule{vDrop})
-		fw := fr.chain(f, "firewall", key, rules)
-		for _, ip := range sp.LoadBalancerIPs {
-			fr.elem(mapFirewall, element{addr: ip, proto: proto, port: sp.Port, verdict: goTo(fw)})
-		}
-	}
+	fr.firewall(f, sp)
 
 	// Map elements.
 	externalIPs := append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...)
@@ -247,14 +405,7 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 			fr.elem(mapNodePorts, element{proto: proto, port: sp.NodePort, verdict: goTo(extChain)})
 		}
 	}
-	if v := sp.ExternalVerdict(); v != proxy.Forward && sp.ExternallyAccessible() {
-		for _, ip := range externalIPs {
-			fr.elem(mapNoEndpoints, element{addr: ip, proto: proto, port: sp.Port, verdict: noEndpointVerdict(v)})
-		}
-		if sp.NodePort != 0 {
-			fr.elem(mapNoEndpointNodePorts, element{proto: proto, port: sp.NodePort, verdict: noEndpointVerdict(v)})
-		}
-	}
+	fr.noEndpoints(sp, externalIPs)
 	return fr
 }
 
@@ -296,6 +447,20 @@ func (fr *fragment) chain(f *family, prefix, key string, rules []rule) string {
 		content.WriteByte('\n')
 	}
 	c := &chainDef{name: contentName(prefix, key, content.String()), rules: rules}
+	fr.chains = append(fr.chains, c)
+	return c.name
+}
+
+// sharedChain adds a chain named by its content alone, which every
+// fragment with the same content shares, and returns its name.
+func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
+	var content strings.Builder
+	for _, r := range rules {
+		content.WriteString(r.text(f))
+		content.WriteByte('\n')
+	}
+	sum := sha256.Sum256([]byte(prefix + "\x00" + content.String()))
+	c := &chainDef{name: prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8], rules: rules, shared: true}
 	fr.chains = append(fr.chains, c)
 	return c.name
 }

@@ -209,20 +209,29 @@ func TestRefusedTransactionChangesNothing(t *testing.T) {
 	sandbox.Require(t, "nft")
 	ns := sandbox.New(t, "refuse")
 	b := New(WithNetNS(ns.FD()))
-	a, next := dptest.Scenarios[0].Build(t), dptest.Scenarios[1].Build(t)
+	a := dptest.Scenarios[0].Build(t)
 	syncAndCompare(t, ns, b, a)
 	before := listing(t, ns)
 
-	// Someone holds, as a base chain, a name the next sync must create.
+	// Someone holds, as a base chain, a name the next sync must create:
+	// the first scenario that needs a chain the current rules lack.
 	var blocker string
-	for _, l := range strings.Split(Render(next), "\n") {
-		if name, ok := strings.CutPrefix(strings.TrimSpace(l), "chain service-"); ok && !strings.Contains(before, "chain service-"+name) {
-			blocker = "service-" + strings.TrimSuffix(name, " {")
+	var next *proxy.State
+	for _, sc := range dptest.Scenarios[1:] {
+		next = sc.Build(t)
+		ipTable, _, _ := strings.Cut(Render(next), "table ip6 ")
+		for _, l := range strings.Split(ipTable, "\n") {
+			if name, ok := strings.CutPrefix(strings.TrimSpace(l), "chain "); ok && !strings.Contains(before, "chain "+name) {
+				blocker = strings.TrimSuffix(name, " {")
+				break
+			}
+		}
+		if blocker != "" {
 			break
 		}
 	}
 	if blocker == "" {
-		t.Fatal("the next state adds no service chain")
+		t.Fatal("no scenario adds a chain")
 	}
 	ns.MustRun(t, "nft", "add", "chain", "ip", TableName, blocker, "{ type filter hook input priority 100; policy accept; }")
 	withBlocker := listing(t, ns)

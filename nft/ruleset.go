@@ -23,6 +23,11 @@ const (
 	addrSet                   // addr
 	affinity                  // addr, filled by packets, entries expire
 	hairpinSet                // addr . addr, one per endpoint address
+	// endpointMap and nodePortEndpointMap choose a DNAT destination:
+	// (addr . proto . port | proto . port) . index : endpoint addr . port,
+	// where index is the rule's `numgen random mod N`.
+	endpointMap
+	nodePortEndpointMap
 )
 
 // setDef is a named set or map of the table.
@@ -39,6 +44,10 @@ type element struct {
 	proto   proxy.Protocol
 	port    uint16
 	verdict verdict
+	// Endpoint maps: the index within the service's endpoints, and the
+	// endpoint it stands for.
+	index uint32
+	to    netip.AddrPort
 }
 
 // baseChain describes the hook of a base chain.
@@ -53,6 +62,9 @@ type chainDef struct {
 	name  string
 	base  *baseChain
 	rules []rule
+	// shared chains are named by content alone and used by every service
+	// port whose content is the same; they live while one uses them.
+	shared bool
 }
 
 // text is the chain's body: the hook line, if any, then one line per rule.
@@ -102,6 +114,10 @@ func (s *setDef) typeText(f *family) string {
 		return "inet_proto . inet_service : verdict"
 	case hairpinSet:
 		return fmt.Sprintf("%[1]s_addr . %[1]s_addr", f.addrTypeName())
+	case endpointMap:
+		return fmt.Sprintf("%[1]s_addr . inet_proto . inet_service . mark : %[1]s_addr . inet_service", f.addrTypeName())
+	case nodePortEndpointMap:
+		return fmt.Sprintf("inet_proto . inet_service . mark : %s_addr . inet_service", f.addrTypeName())
 	}
 	return f.addrTypeName() + "_addr"
 }
@@ -114,7 +130,11 @@ func (f *family) addrTypeName() string {
 }
 
 func (s *setDef) isMap() bool {
-	return s.kind == destMap || s.kind == portMap
+	switch s.kind {
+	case destMap, portMap, endpointMap, nodePortEndpointMap:
+		return true
+	}
+	return false
 }
 
 func (s *setDef) elemText(e element) string {
@@ -125,6 +145,10 @@ func (s *setDef) elemText(e element) string {
 		return fmt.Sprintf("%s . %d : %s", e.proto.Lower(), e.port, e.verdict.text(nil))
 	case hairpinSet:
 		return fmt.Sprintf("%s . %s", e.addr, e.addr)
+	case endpointMap:
+		return fmt.Sprintf("%s . %s . %d . 0x%08x : %s . %d", e.addr, e.proto.Lower(), e.port, e.index, e.to.Addr(), e.to.Port())
+	case nodePortEndpointMap:
+		return fmt.Sprintf("%s . %d . 0x%08x : %s . %d", e.proto.Lower(), e.port, e.index, e.to.Addr(), e.to.Port())
 	}
 	return e.addr.String()
 }
@@ -187,6 +211,9 @@ func (t *table) text() string {
 		}
 		fmt.Fprintf(&b, "\t%s %s {\n\t\ttype %s\n", word, s.name, s.typeText(t.fam))
 		if s.kind == affinity {
+			// The kernel gives a set filled from the packet path a maximum
+			// size of 65535 itself; sending that size as a hint would make
+			// it allocate a hash table for 65535 elements up front.
 			fmt.Fprintf(&b, "\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout %s\n", durationText(s.timeout))
 		}
 		if es := t.elems[name]; len(es) > 0 {

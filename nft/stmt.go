@@ -383,3 +383,46 @@ func (m markStmt) exprs(f *family, _ *encoder) []expr.Any {
 	}
 	return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: f.rejectCode}}
 }
+
+// dnatPick is `dnat ip to ip daddr . meta l4proto . th dport . numgen
+// random mod N map @m` (byAddr) or `dnat ip to meta l4proto . th dport .
+// numgen random mod N map @m`: one random draw picks entry 0..N-1 of the
+// destination's endpoints in an endpoint map. The rule depends only on N,
+// so services share it, and an endpoint replaced by another is a change of
+// data in the map, which the kernel commits without re-validating the
+// table.
+type dnatPick struct {
+	byAddr bool
+	set    string
+	n      int
+}
+
+func (d dnatPick) text(f *family) string {
+	key := "meta l4proto . th dport"
+	if d.byAddr {
+		key = f.keyword + " daddr . " + key
+	}
+	return fmt.Sprintf("dnat %s to %s . numgen random mod %d map @%s", f.keyword, key, d.n, d.set)
+}
+
+func (d dnatPick) exprs(f *family, _ *encoder) []expr.Any {
+	var out []expr.Any
+	protoReg, portReg, numReg := uint32(1), uint32(9), uint32(10)
+	if d.byAddr {
+		out = append(out, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrOff, Len: f.addrLen})
+		protoReg, portReg, numReg = f.protoReg, f.portReg, f.portReg+1
+	}
+	// The endpoint's port follows its address: the next 32-bit register
+	// for IPv4, the next 128-bit one (NFT_REG_2) for IPv6.
+	dataPortReg := uint32(9)
+	if f.addrLen == 16 {
+		dataPortReg = 2
+	}
+	return append(out,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
+		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Numgen{Register: numReg, Modulus: uint32(d.n), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: 1, SetName: d.set, IsDestRegSet: true, DestRegister: 1},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: 1, RegProtoMin: dataPortReg},
+	)
+}

@@ -61,7 +61,7 @@ func TestDiffExitCodes(t *testing.T) {
 	if rc != 1 {
 		t.Fatalf("different: rc=%d", rc)
 	}
-	for _, want := range []string{"--- " + old + "\n+++ " + cur + "\n@@ ", "\n-\t\tmeta l4proto tcp dnat to 10.244.2.13:8080\n"} {
+	for _, want := range []string{"--- " + old + "\n+++ " + cur + "\n@@ ", "\n-\t\t\t     10.96.0.10 . tcp . 80 . 0x00000002 : 10.244.2.13 . 8080 }\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("diff lacks %q:\n%s", want, out)
 		}

@@ -215,7 +215,22 @@ func TestRefusedSyncsMakeHealthzFail(t *testing.T) {
 	})
 
 	// Block a chain the next change needs (the model predicts its name).
-	next := dptest.Scenario{Name: "next", Manifests: dptest.ScaleDownManifests()}.Build(t)
+	// The edit also adds a Service with affinity, which gets chains of its
+	// own (others share chains by content, which may exist already).
+	edit := dptest.ScaleDownManifests() + `---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky2, namespace: t}
+spec: {clusterIP: 10.96.0.99, sessionAffinity: ClientIP, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sticky2-1, namespace: t, labels: {kubernetes.io/service-name: sticky2}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: ["10.244.1.11"], nodeName: node-a}]
+`
+	next := dptest.Scenario{Name: "next", Manifests: edit}.Build(t)
 	current, _ := env.Node.Run("nft", "list", "table", "ip", "svcproxy")
 	var blocker string
 	ipTable, _, _ := strings.Cut(nft.Render(next), "table ip6 ")
@@ -229,7 +244,7 @@ func TestRefusedSyncsMakeHealthzFail(t *testing.T) {
 		t.Fatal("the change adds no chain to block")
 	}
 	env.Node.MustRun(t, "nft", "add", "chain", "ip", "svcproxy", blocker, "{ type filter hook input priority 100; policy accept; }")
-	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(dptest.ScaleDownManifests()), 0o644)
+	os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(edit), 0o644)
 
 	eventually(t, "unhealthy while syncs fail", func() error {
 		if c := healthz(); c != 503 {
