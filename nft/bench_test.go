@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/sandbox"
@@ -40,36 +44,57 @@ func BenchmarkColdSync(b *testing.B) {
 	}
 }
 
-// BenchmarkOneChangeSync removes or restores one endpoint of one service
-// per sync, on a node already holding N services × 10 endpoints.
+// BenchmarkOneChangeSync changes one service per sync, back and forth, on
+// a node already holding N services × 10 endpoints: "remove" drops one
+// endpoint (the endpoint count changes), "replace" moves one endpoint to
+// another address (the count stays, as in a rolling update).
 func BenchmarkOneChangeSync(b *testing.B) {
 	sandbox.Require(b, "nft")
-	for _, n := range benchScales {
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			in := scale.Cluster(n, 10)
-			full := proxy.Build(in, scale.Config())
-			in.EndpointSlices[n/2] = scale.Slice(n/2, 10, 1)
-			less := proxy.Build(in, scale.Config())
-			ns := sandbox.New(b, "bench")
-			be := New(WithNetNS(ns.FD()))
-			if err := be.Sync(context.Background(), full); err != nil {
-				b.Fatal(err)
-			}
-			i := 0
-			var msgs int
-			for b.Loop() {
-				st := less
-				if i%2 == 1 {
-					st = full
-				}
-				i++
-				if err := be.Sync(context.Background(), st); err != nil {
+	changes := []struct {
+		name   string
+		change func(n int) *discoveryv1.EndpointSlice
+	}{
+		{"remove", func(n int) *discoveryv1.EndpointSlice { return scale.Slice(n/2, 10, 1) }},
+		{"replace", func(n int) *discoveryv1.EndpointSlice {
+			sl := scale.Slice(n/2, 10, 0)
+			sl.Endpoints[0].Addresses = []string{"10.250.0.1"}
+			return sl
+		}},
+	}
+	for _, ch := range changes {
+		for _, n := range benchScales {
+			b.Run(fmt.Sprintf("%s/services=%d", ch.name, n), func(b *testing.B) {
+				in := scale.Cluster(n, 10)
+				full := proxy.Build(in, scale.Config())
+				in.EndpointSlices[n/2] = ch.change(n)
+				changed := proxy.Build(in, scale.Config())
+				ns := sandbox.New(b, "bench")
+				be := New(WithNetNS(ns.FD()))
+				if err := be.Sync(context.Background(), full); err != nil {
 					b.Fatal(err)
 				}
-				msgs = be.lastMessages
-			}
-			b.ReportMetric(float64(msgs), "msgs/sync")
-		})
+				i := 0
+				var msgs int
+				var took []time.Duration
+				for b.Loop() {
+					st := changed
+					if i%2 == 1 {
+						st = full
+					}
+					i++
+					start := time.Now()
+					if err := be.Sync(context.Background(), st); err != nil {
+						b.Fatal(err)
+					}
+					took = append(took, time.Since(start))
+					msgs = be.lastMessages
+				}
+				b.ReportMetric(float64(msgs), "msgs/sync")
+				slices.Sort(took)
+				b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(took[(len(took)*99)/100].Microseconds())/1000, "p99-ms")
+			})
+		}
 	}
 }
 
