@@ -16,13 +16,16 @@ import (
 // The rule layout. A packet's path through the table:
 //
 //	nat-prerouting / nat-output ─▶ services:
-//	    daddr . proto . dport vmap @service-ips            ─▶ service-* / local-* / external-*
-//	    (NodePort addresses) proto . dport vmap @service-nodeports ─▶ external-*
-//	external-*: mark for masquerade or short-circuit, then goto service-* or local-*
-//	service-* / local-*: mark off-cluster ClusterIP traffic for masquerade, then
-//	    pick an endpoint — `numgen random mod k 0` for k = N..2, then the last —
-//	    and dnat to it; with ClientIP affinity, first check each endpoint's
-//	    affinity set, and go to endpoint-*: remember the client, dnat
+//	    daddr . proto . dport vmap @service-ips            ─▶ clusterip-* / external-*
+//	    (NodePort addresses) proto . dport vmap @service-nodeports ─▶ nodeport-*
+//	clusterip-*: mark off-cluster traffic for masquerade, then dnat to
+//	    daddr . proto . dport . numgen random mod N map @cluster-endpoints
+//	external-* / nodeport-*: the model's routes — mark for masquerade or
+//	    short-circuit — each ending in such a dnat (nodeport-*: keyed by
+//	    proto . dport) through the cluster or local endpoint maps
+//	affinity services: service-* / local-* / external-* chains of their own;
+//	    check each endpoint's affinity set, else `numgen random mod k 0` for
+//	    k = N..2, then the last; endpoint-*: remember the client, dnat
 //	nat-postrouting ─▶ masquerading: mark hairpin packets (source == destination
 //	    after DNAT, via @hairpin-ips), then masquerade what is marked 0x4000
 //
@@ -32,16 +35,22 @@ import (
 //	    service-endpoints-check / nodeport-endpoints-check: reject or drop
 //	    what was not DNATed and has no usable endpoint
 //
+// Services without affinity are data: the clusterip-, external- and
+// nodeport- chains are shared by every service port with the same content
+// (endpoint counts, routes), so the table holds a few dozen chains whatever
+// the number of services, and an endpoint replaced by another changes only
+// endpoint-map data, which the kernel commits without re-validating the
+// table's jumps (it does for every new rule or jumping element).
+//
 // The number of sets is constant (but for affinity, as in kube-proxy, one
 // per endpoint of an affinity Service): the kernel finds a set by name in
-// a list, so per-service sets make a sync quadratic. Chains are hashed by
-// name; endpoints get no chain of their own unless affinity needs one.
+// a list, so per-service sets make a sync quadratic.
 //
-// Per-service chain and map names carry a hash of the service key and of
-// their content: once created, they never change. A changed Service gets
-// new ones, the maps are re-pointed to them, and the old ones are flushed
-// and then deleted. That keeps every sync to adds and element swaps, and
-// lets a restarted svcproxy recognise what is already correct.
+// Chain names carry a hash of their content (and, but for shared chains,
+// of the service key): once created, they never change. A changed Service
+// gets new ones, the maps are re-pointed to them, and the old ones are
+// flushed and then deleted. That keeps every sync to adds and element
+// swaps, and lets a restarted svcproxy recognise what is already correct.
 const (
 	chainServices       = "services"
 	chainMasquerading   = "masquerading"
