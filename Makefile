@@ -8,7 +8,7 @@ GO      ?= go
 BIN     := bin/svcproxy
 PKGS    := ./...
 
-.PHONY: all build test bench golden demo lint deps apiserver clean
+.PHONY: all build test bench bench-go bench-latency golden demo lint deps apiserver clean
 
 all: build
 
@@ -43,8 +43,38 @@ apiserver:
 test: deps lint apiserver
 	$(GO) test -count=1 -timeout 30m $(PKGS)
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+# bench runs every benchmark (docs/bench.md): bench-go, then bench-latency.
+# Neither is part of `make test`. Needs root for the real-kernel parts.
+bench: bench-go bench-latency
+
+# bench-go runs the Go benchmarks: the model build (proxy/), each backend's
+# Render (bench/), and each backend's cold and one-change sync into a real
+# network namespace (nft/, iptables/), at BENCH_SCALES services × 10
+# endpoints ('|'-separated; 50000 adds minutes per backend), plus
+# proxy's BenchmarkDiff. The pattern selects sub-benchmarks named
+# services=<one of BENCH_SCALES> under up to two levels of variants named
+# by words (nftables, legacy, remove, ...).
+BENCH_SCALES ?= 1000|10000
+BENCH_PKGS   ?= ./proxy ./bench ./nft ./iptables
+BENCHTIME    ?= 1s
+bench_n       = ^services=($(BENCH_SCALES))$$
+bench_w       = ^[a-zA-Z_-]+$$
+bench-go: deps
+	$(GO) test -run '^$$' -benchtime $(BENCHTIME) -benchmem -timeout 4h \
+		-bench '^BenchmarkDiff$$|.*/$(bench_n)|.*/$(bench_w)/$(bench_n)|.*/$(bench_w)/$(bench_w)/$(bench_n)' $(BENCH_PKGS)
+
+# bench-latency runs cmd/svcproxy-bench: event-to-kernel latency through a
+# real kube-apiserver, with the real daemon in a network namespace, at
+# BENCH_LATENCY_SERVICES services × 10 endpoints, for each of
+# BENCH_LATENCY_MODES (nftables, iptables-legacy, iptables-nft).
+# BENCH_LATENCY_ARGS adds flags (e.g. --iterations 50; see --help).
+BENCH_LATENCY_SERVICES ?= 10000
+BENCH_LATENCY_MODES    ?= nftables,iptables-legacy
+BENCH_LATENCY_ARGS     ?=
+bench-latency: deps apiserver build
+	$(GO) build -o bin/svcproxy-bench ./cmd/svcproxy-bench
+	./bin/svcproxy-bench --svcproxy $(BIN) --services $(BENCH_LATENCY_SERVICES) \
+		--modes $(BENCH_LATENCY_MODES) $(BENCH_LATENCY_ARGS)
 
 # golden regenerates golden files from the current code (tests named
 # *Golden* rewrite their expected output when SVCPROXY_UPDATE_GOLDEN=1).
