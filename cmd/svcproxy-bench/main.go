@@ -76,6 +76,7 @@ type options struct {
 	gap          time.Duration
 	coldTimeout  time.Duration
 	timeout      time.Duration
+	tmpdir       string
 }
 
 // modeArgs are the daemon flags of each --modes entry.
@@ -99,6 +100,7 @@ func main() {
 	flag.DurationVar(&o.gap, "gap", 300*time.Millisecond, "pause after each measurement")
 	flag.DurationVar(&o.coldTimeout, "cold-timeout", 20*time.Minute, "give up when the first sync is not in the kernel after this long")
 	flag.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up when one change is not in the kernel after this long")
+	flag.StringVar(&o.tmpdir, "tmpdir", defaultTmp(), "directory for etcd's data and the API server's files (a tmpfs spares etcd's fsyncs)")
 	flag.Parse()
 	for _, m := range strings.Split(modes, ",") {
 		if m = strings.TrimSpace(m); m == "" {
@@ -118,7 +120,7 @@ func main() {
 	// would make this process large for no benefit.
 	debug.SetGCPercent(50)
 
-	r := &runner{}
+	r := &runner{tmp: o.tmpdir}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -126,6 +128,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "\nsvcproxy-bench: %v: cleaning up\n", s)
 		r.fail()
 		r.cleanup()
+		checkLeaks()
 		os.Exit(130)
 	}()
 	code := 0
@@ -148,13 +151,8 @@ func main() {
 	if r.Failed() {
 		code = 1
 	}
-	if left, err := exec.Command("ip", "netns", "list").Output(); err == nil {
-		for _, n := range mine {
-			if strings.Contains(string(left), n) {
-				fmt.Fprintf(os.Stderr, "svcproxy-bench: network namespace %s left behind\n", n)
-				code = 1
-			}
-		}
+	if !checkLeaks() {
+		code = 1
 	}
 	os.Exit(code)
 }
@@ -163,6 +161,31 @@ func main() {
 // cleanup.
 var mine []string
 
+// checkLeaks reports namespaces of this run that the cleanup left behind.
+func checkLeaks() bool {
+	left, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return true
+	}
+	ok := true
+	for _, n := range mine {
+		if strings.Contains(string(left), n) {
+			fmt.Fprintf(os.Stderr, "svcproxy-bench: network namespace %s left behind\n", n)
+			ok = false
+		}
+	}
+	return ok
+}
+
+// defaultTmp is /dev/shm when it is a writable directory (tmpfs on most
+// Linux systems), else the system's temporary directory.
+func defaultTmp() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() && syscall.Access("/dev/shm", 2) == nil {
+		return "/dev/shm"
+	}
+	return ""
+}
+
 // runner implements apiserver.TB (and so sandbox.TB, daemontest.TB) for a
 // program: Fatal aborts the run, cleanups run last-registered first at the
 // end whatever happens.
@@ -170,6 +193,7 @@ type runner struct {
 	mu       sync.Mutex // held while cleanups run
 	cleanups []func()
 	failed   atomic.Bool
+	tmp      string // parent of TempDir's directories ("": os.TempDir())
 }
 
 var _ apiserver.TB = (*runner)(nil)
@@ -201,7 +225,7 @@ func (r *runner) Cleanup(f func()) {
 	r.cleanups = append(r.cleanups, f)
 }
 func (r *runner) TempDir() string {
-	dir, err := os.MkdirTemp("", "svcproxy-bench-")
+	dir, err := os.MkdirTemp(r.tmp, "svcproxy-bench-")
 	if err != nil {
 		r.Fatal(err)
 	}
@@ -291,9 +315,18 @@ func run(r *runner, o options) {
 
 	t0 = time.Now()
 	srv := apiserver.StartInNetNS(r, b.env.Node)
-	b.c = srv.Client()
+	// Protobuf, as Kubernetes' own components talk: JSON costs the API
+	// server, the bottleneck of the setup, about twice the CPU.
+	cfg := srv.RESTConfig()
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		r.Fatal(err)
+	}
+	b.c = c
 	tAPI := time.Since(t0)
-	fmt.Printf("setup: sandbox %.1f s, etcd + kube-apiserver %.1f s\n", tSandbox.Seconds(), tAPI.Seconds())
+	fmt.Printf("setup: sandbox %.1f s, etcd + kube-apiserver %.1f s (files in %s)\n", tSandbox.Seconds(), tAPI.Seconds(), filepath.Dir(srv.LogDir()))
 
 	t0 = time.Now()
 	objs, degraded := b.populate()
@@ -390,6 +423,19 @@ func (b *bench) populate() (objects, degraded int) {
 	var firstErr error
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	// Progress every 10% (a 10k setup takes minutes).
+	start, step := time.Now(), max(1, len(items)/10)
+	lastAt, lastN := start, int64(0)
+	report := func(i int) {
+		if (i+1)%step != 0 || i+1 == len(items) {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		now, n := time.Now(), written.Load()
+		fmt.Printf("setup: %d/%d Services, %.0f objects/s\n", i+1, len(items), float64(n-lastN)/now.Sub(lastAt).Seconds())
+		lastAt, lastN = now, n
+	}
 	for range b.o.workers {
 		wg.Add(1)
 		go func() {
@@ -413,6 +459,7 @@ func (b *bench) populate() (objects, degraded int) {
 					mu.Unlock()
 					return
 				}
+				report(i)
 			}
 		}()
 	}
