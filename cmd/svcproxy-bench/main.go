@@ -272,6 +272,8 @@ type bench struct {
 	move     *discoveryv1.EndpointSlice // the probe slice, as last written
 	moveAddr netip.AddrPort             // its Service's ClusterIP:80
 	moveTo   string                     // the pod it points to
+
+	samples []netip.AddrPort // ClusterIP:80 of the first, middle and last synthetic Service
 }
 
 func run(r *runner, o options) {
@@ -306,11 +308,18 @@ func run(r *runner, o options) {
 	// connections to Service addresses, so that a probe connection sent
 	// before the rules are in fails at once instead of being dropped (and
 	// timing out): a TCP reset, unlike an ICMP error, is not rate-limited.
+	// The synthetic cluster's endpoints (10.128.0.0/9, no pods behind them;
+	// real pods are routed by the node itself) are refused with an ICMP
+	// error instead: a connection to a Service whose rules are in fails
+	// with EHOSTUNREACH, to one whose rules are not with ECONNREFUSED.
 	cl := b.env.Client
 	cl.MustRun(r, "nft", "add", "table", "ip", "svcproxy-bench")
 	cl.MustRun(r, "nft", "add", "chain", "ip", "svcproxy-bench", "prerouting", "{ type filter hook prerouting priority 0; }")
 	cl.MustRun(r, "nft", "add", "rule", "ip", "svcproxy-bench", "prerouting", "ip", "daddr", apiserver.ServiceClusterIPRange,
 		"meta", "l4proto", "tcp", "reject", "with", "tcp", "reset")
+	cl.MustRun(r, "nft", "add", "rule", "ip", "svcproxy-bench", "prerouting", "ip", "daddr", "10.128.0.0/9",
+		"reject", "with", "icmp", "type", "host-unreachable")
+	cl.MustRun(r, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/icmp_ratelimit")
 	tSandbox := time.Since(t0)
 
 	t0 = time.Now()
@@ -337,6 +346,17 @@ func run(r *runner, o options) {
 		fmt.Printf("setup: %d NodePort/LoadBalancer Services made ClusterIP: the NodePort range is full\n", degraded)
 	}
 	b.createMove()
+	for _, i := range []int{0, o.services / 2, o.services - 1} {
+		svc, err := b.c.CoreV1().Services("bench").Get(context.Background(), fmt.Sprintf("svc-%d", i), metav1.GetOptions{})
+		if err != nil {
+			r.Fatal(err)
+		}
+		ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+		if err != nil {
+			r.Fatalf("svc-%d: %v", i, err)
+		}
+		b.samples = append(b.samples, netip.AddrPortFrom(ip, 80))
+	}
 
 	var results []result
 	for _, m := range o.modes {
@@ -626,11 +646,23 @@ func (b *bench) measure(srv *apiserver.Server, mode string) result {
 	if err != nil {
 		r.Fatalf("cold sync: %v\n%s", err, tail(d.Logs.String(), 20))
 	}
+	probeAt := at.Sub(start)
+	// The probe Service sorts last; to be sure whatever order a backend
+	// programs in, the cold sync is in when sampled synthetic Services
+	// (first, middle, last) are too.
+	for _, addr := range b.samples {
+		t, err := b.waitProgrammed(d, addr, start.Add(o.coldTimeout))
+		if err != nil {
+			r.Fatalf("cold sync: %v\n%s", err, tail(d.Logs.String(), 20))
+		}
+		at = later(at, t)
+	}
 	res.cold = at.Sub(start)
 	res.memCold = mustMemory(r, d)
 	// The daemon records the sync once its backend returns, a moment after
-	// the rules are in: wait for it, so that the figures of the changes
-	// below do not include the first sync.
+	// the rules are in, and the network programming latencies after that:
+	// wait for them, so that the figures of the changes below do not
+	// include the first sync.
 	var coldMetrics map[string]*histogram
 	for wait := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		coldMetrics = b.scrape()
@@ -638,13 +670,14 @@ func (b *bench) measure(srv *apiserver.Server, mode string) result {
 			break
 		}
 	}
-	fmt.Printf("cold: the probe Service answers %.2f s after the daemon started (first full sync in the kernel; %d probe connections)\n",
-		res.cold.Seconds(), st.attempts)
+	time.Sleep(time.Second)
+	coldMetrics = b.scrape()
+	fmt.Printf("cold: first full sync in the kernel %.2f s after the daemon started (the probe Service answers after %.2f s, %d probe connections; sampled synthetic Services are DNATed)\n",
+		res.cold.Seconds(), probeAt.Seconds(), st.attempts)
 	if h := coldMetrics[metricFull]; h != nil && h.count > 0 {
 		fmt.Printf("cold: the daemon's own figure: %d full sync(s), %.2f s in all (%s)\n", int(h.count), h.sum, metricFull)
 	}
 	fmt.Printf("cold: daemon RSS %.0f MiB, peak %.0f MiB\n", mib(res.memCold.RSS), mib(res.memCold.Peak))
-	time.Sleep(time.Second) // let the daemon settle
 
 	var created []string
 	defer func() { b.deleteProbes(created) }()
@@ -781,6 +814,50 @@ func (b *bench) waitAnswer(d *daemontest.Daemon, addr netip.AddrPort, want strin
 	return at, st, err
 }
 
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// waitProgrammed connects from the node namespace to addr, a synthetic
+// Service, until the connection is DNATed to one of its (fake) endpoints,
+// which the gateway refuses with an ICMP error (EHOSTUNREACH); without
+// rules the gateway resets it (ECONNREFUSED). It returns the moment it saw
+// the Service DNATed.
+func (b *bench) waitProgrammed(d *daemontest.Daemon, addr netip.AddrPort, deadline time.Time) (time.Time, error) {
+	var at time.Time
+	err := b.env.Node.Do(func() error {
+		var last error
+		for i := 0; ; i++ {
+			begin := time.Now()
+			if begin.After(deadline) {
+				return fmt.Errorf("%s not DNATed (last outcome: %v)", addr, last)
+			}
+			if i%100 == 0 {
+				if ok, err := d.Exited(); ok {
+					return fmt.Errorf("the daemon exited: %v", err)
+				}
+			}
+			c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond)
+			if err == nil {
+				c.Close()
+				return fmt.Errorf("%s answered: its endpoints should not exist", addr)
+			}
+			if errors.Is(err, syscall.EHOSTUNREACH) {
+				at = time.Now()
+				return nil
+			}
+			last = err
+			if rest := b.o.pollInterval - time.Since(begin); rest > 0 {
+				time.Sleep(rest)
+			}
+		}
+	})
+	return at, err
+}
+
 // ask makes one HTTP/1.0 request to addr on a new connection (in the
 // namespace of the calling thread) and returns the name of the pod that
 // answered. The connection is closed with a reset, which leaves no
@@ -838,8 +915,16 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func (s *samples) row() string {
-	return fmt.Sprintf("%.0f / %.0f / %.0f / %.0f", ms(quantile(s.latency, .5)), ms(quantile(s.latency, .9)),
-		ms(quantile(s.latency, .99)), ms(quantile(s.latency, 1)))
+	return fmt.Sprintf("%s / %s / %s / %s", msShort(quantile(s.latency, .5)), msShort(quantile(s.latency, .9)),
+		msShort(quantile(s.latency, .99)), msShort(quantile(s.latency, 1)))
+}
+
+// msShort prints milliseconds with a decimal below 100.
+func msShort(d time.Duration) string {
+	if ms(d) < 100 {
+		return fmt.Sprintf("%.1f", ms(d))
+	}
+	return fmt.Sprintf("%.0f", ms(d))
 }
 
 func (s *samples) String() string {
