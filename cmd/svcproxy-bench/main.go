@@ -32,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -723,7 +724,7 @@ func (b *bench) measure(srv *apiserver.Server, mode string) result {
 	fmt.Printf("endpoint change → kernel: %s\n", res.move.String())
 	fmt.Printf("new service → kernel:     %s\n", res.create.String())
 	fmt.Printf("daemon RSS at the end %.0f MiB, peak %.0f MiB\n", mib(res.memEnd.RSS), mib(res.memEnd.Peak))
-	fmt.Printf("daemon /metrics during the %d changes (quantiles estimated from buckets):\n", 2*o.iterations)
+	fmt.Printf("daemon /metrics during the %d changes (quantiles as the upper bound of their bucket):\n", 2*o.iterations)
 	for _, name := range []string{metricSync, metricPartial, metricFull, metricProgramming} {
 		h := endMetrics[name]
 		if h == nil {
@@ -1040,36 +1041,34 @@ func (h *histogram) sub(old *histogram) *histogram {
 	return d
 }
 
-// quantile estimates a quantile as Prometheus' histogram_quantile does:
-// linear interpolation inside the bucket holding it.
+// quantile bounds a quantile from above: the upper bound of the bucket
+// holding it (no interpolation: the buckets of
+// kubeproxy_network_programming_duration_seconds start at 250 ms, which
+// interpolation would turn into invented figures). It returns +Inf when
+// the quantile lies above the highest finite bound.
 func (h *histogram) quantile(q float64) float64 {
-	if h.count == 0 {
-		return 0
-	}
 	rank := q * h.count
-	lower, below := 0.0, 0.0
 	for i, le := range h.les {
 		if h.cumulative[i] >= rank {
-			if le > 1e300 { // +Inf: the highest finite bound
-				return lower
-			}
-			in := h.cumulative[i] - below
-			if in == 0 {
-				return le
-			}
-			return lower + (le-lower)*(rank-below)/in
+			return le
 		}
-		lower, below = le, h.cumulative[i]
 	}
-	return lower
+	return math.Inf(1)
 }
 
 func (h *histogram) String() string {
 	if h.count == 0 {
 		return "no observations"
 	}
-	return fmt.Sprintf("n=%d  mean %.1f ms  p50≈%.1f ms  p90≈%.1f ms  p99≈%.1f ms", int(h.count),
-		1000*h.sum/h.count, 1000*h.quantile(.5), 1000*h.quantile(.9), 1000*h.quantile(.99))
+	return fmt.Sprintf("n=%d  mean %.1f ms  p50 ≤ %s  p90 ≤ %s  p99 ≤ %s", int(h.count),
+		1000*h.sum/h.count, bound(h.quantile(.5)), bound(h.quantile(.9)), bound(h.quantile(.99)))
+}
+
+func bound(seconds float64) string {
+	if math.IsInf(seconds, 1) {
+		return "+Inf"
+	}
+	return fmt.Sprintf("%.4g ms", 1000*seconds)
 }
 
 // sandbox.TB is all dptest needs; keep the import explicit.
