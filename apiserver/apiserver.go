@@ -18,6 +18,12 @@
 // defaults, and deleted namespaces stay Terminating, so tests create the
 // objects they need (Services, EndpointSlices, Nodes) directly.
 //
+// For disruption tests: WithArgs adds kube-apiserver flags (e.g.
+// --watch-cache=false), Stop and Restart make an outage, a Proxy partitions
+// one client (a daemon) from the API server while the test keeps using it,
+// and CompactEtcd drops the history that watches resume from, so that the
+// API server answers them with 410 Gone.
+//
 // Tests that cannot run (missing etcd, failed build, unsupported OS) skip,
 // except under CI=true, where they fail — an integration test never passes
 // by not running.
@@ -109,6 +115,8 @@ type Server struct {
 	// ns, when not nil, is the network namespace etcd and kube-apiserver
 	// run in (StartInNetNS); the test reaches them through it.
 	ns *sandbox.NS
+	// extraArgs are kube-apiserver flags added by WithArgs.
+	extraArgs []string
 
 	mu        sync.Mutex
 	etcd      *proc
@@ -252,21 +260,21 @@ func isExecutable(p string) error {
 // and waits for them to exit before the temporary directory (certificates,
 // etcd data, logs) is removed. When the test failed, the cleanup logs the
 // tail of both logs first.
-func Start(t TB) *Server {
+func Start(t TB, opts ...Option) *Server {
 	t.Helper()
-	return start(t, nil)
+	return start(t, nil, opts)
 }
 
 // StartInNetNS is Start with etcd and kube-apiserver running inside the
 // network namespace ns, bound to its 127.0.0.1: a daemon started in the
 // same namespace reaches them through Kubeconfig, and the test's clients
 // (RESTConfig, Client) dial into the namespace.
-func StartInNetNS(t TB, ns *sandbox.NS) *Server {
+func StartInNetNS(t TB, ns *sandbox.NS, opts ...Option) *Server {
 	t.Helper()
-	return start(t, ns)
+	return start(t, ns, opts)
 }
 
-func start(t TB, ns *sandbox.NS) *Server {
+func start(t TB, ns *sandbox.NS, opts []Option) *Server {
 	t.Helper()
 	Require(t)
 	apiBin, etcdBin, _ := ensureBinaries()
@@ -275,6 +283,9 @@ func start(t TB, ns *sandbox.NS) *Server {
 	// processes are stopped before the directory is removed.
 	dir := t.TempDir()
 	s := &Server{t: t, dir: dir, apiBin: apiBin, etcdBin: etcdBin, logs: filepath.Join(dir, "logs"), ns: ns}
+	for _, o := range opts {
+		o(s)
+	}
 	t.Cleanup(s.cleanup)
 	if err := s.setup(); err != nil {
 		t.Fatalf("apiserver: %v", err)
@@ -534,7 +545,7 @@ func (s *Server) startAPIServer(fresh bool) error {
 // account exists and it would reject every Pod; all other default plugins
 // stay on.
 func (s *Server) apiserverArgs() []string {
-	return []string{
+	return append([]string{
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(s.port),
@@ -552,7 +563,7 @@ func (s *Server) apiserverArgs() []string {
 		"--api-audiences=" + ServiceAccountIssuer,
 		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
-	}
+	}, s.extraArgs...)
 }
 
 // httpClient trusts the server's certificate and nothing else.
@@ -566,6 +577,13 @@ func (s *Server) httpClient() *http.Client {
 }
 
 func (s *Server) writeKubeconfig() error {
+	s.kubeconfig = s.path("kubeconfig")
+	return s.writeKubeconfigFor(s.kubeconfig, s.URL)
+}
+
+// writeKubeconfigFor writes a kubeconfig with the server's credentials for
+// the API server at url (the server itself, or a Proxy in front of it).
+func (s *Server) writeKubeconfigFor(path, url string) error {
 	ca := base64.StdEncoding.EncodeToString(s.caPEM)
 	cfg := fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -584,9 +602,8 @@ contexts:
     cluster: svcproxy-test
     user: svcproxy-test-admin
 current-context: svcproxy-test
-`, s.URL, ca, s.token)
-	s.kubeconfig = s.path("kubeconfig")
-	return os.WriteFile(s.kubeconfig, []byte(cfg), 0o600)
+`, url, ca, s.token)
+	return os.WriteFile(path, []byte(cfg), 0o600)
 }
 
 // RESTConfig returns a new client config for the server: bearer token of a

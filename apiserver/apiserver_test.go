@@ -2,16 +2,22 @@ package apiserver_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
@@ -159,4 +165,69 @@ func alive(pid int) bool {
 	}
 	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
 	return err == nil
+}
+
+// TestProxyAndCompaction: a client through a Proxy is cut off and
+// reconnected while the server keeps serving others; after CompactEtcd, a
+// server without watch cache answers a watch from an older resource
+// version with 410 Gone, and logs etcd's compaction error.
+func TestProxyAndCompaction(t *testing.T) {
+	s := apiserver.Start(t, apiserver.WithArgs("--watch-cache=false"))
+	p := s.StartProxy(t)
+	ctx := context.Background()
+	direct := s.Client()
+	viaProxy, err := kubernetes.NewForConfig(p.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := viaProxy.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err != nil {
+		t.Fatalf("through the proxy: %v", err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", p.Kubeconfig())
+	if err != nil || cfg.Host != p.URL {
+		t.Fatalf("proxy kubeconfig: %v, host %q", err, cfg.Host)
+	}
+
+	p.Cut()
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = viaProxy.CoreV1().Namespaces().Get(short, "default", metav1.GetOptions{})
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("through a cut proxy: %v, want connection refused", err)
+	}
+	ns, err := direct.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("directly while the proxy is cut: %v", err)
+	}
+	p.Heal(t)
+	if _, err := viaProxy.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err != nil {
+		t.Fatalf("through the healed proxy: %v", err)
+	}
+
+	old := ns.ResourceVersion
+	if _, err := direct.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "later"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rev := s.CompactEtcd(t)
+	t.Logf("compacted at revision %d; watching from %s", rev, old)
+	w, err := direct.CoreV1().Namespaces().Watch(ctx, metav1.ListOptions{ResourceVersion: old})
+	if err == nil {
+		select {
+		case e := <-w.ResultChan():
+			err = apierrors.FromObject(e.Object)
+			if e.Type != watch.Error {
+				err = fmt.Errorf("first event %s, want an error", e.Type)
+			}
+		case <-time.After(10 * time.Second):
+			err = errors.New("no event")
+		}
+		w.Stop()
+	}
+	if !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
+		t.Fatalf("watch from a compacted resource version: %v, want 410 Gone", err)
+	}
+	log, _ := os.ReadFile(filepath.Join(s.LogDir(), "kube-apiserver.log"))
+	if !strings.Contains(string(log), "mvcc: required revision has been compacted") {
+		t.Error("kube-apiserver's log does not show the compaction error")
+	}
 }
