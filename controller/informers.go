@@ -3,18 +3,23 @@ package controller
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxy"
 )
@@ -26,10 +31,22 @@ const proxySelector = "!" + proxy.LabelServiceProxyName + ",!" + proxy.LabelHead
 // InformerSource watches an API server with client-go shared informers:
 // all Services and EndpointSlices (minus other proxies' and headless ones),
 // and this node's Node object.
+//
+// When a watch breaks, client-go's reflector resumes it from the last
+// resource version it saw. When the API server can no longer serve that
+// version — its watch cache or etcd's history has moved on (a long
+// partition, an API server restart, an etcd compaction) — it answers 410
+// Gone ("too old resource version"), and the reflector relists: it lists
+// (or streams, with WatchList) every object again and the informer turns
+// the difference with its cache into adds, updates and deletes. The
+// objects in the cache stay until then, so the rules programmed from them
+// stay too. Both steps are counted per resource (WatchStats), and an
+// expiry is logged.
 type InformerSource struct {
 	client   kubernetes.Interface
 	nodeName string
 	resync   time.Duration
+	stats    map[string]*watchCounters // by kind
 
 	mu       sync.Mutex
 	triggers []time.Time // last-change-trigger-times of slices changed since the last drain
@@ -43,24 +60,162 @@ type InformerSource struct {
 // NewInformerSource returns a Source backed by client. resync is the
 // informers' resync period (0: none; kube-proxy uses --config-sync-period).
 func NewInformerSource(client kubernetes.Interface, nodeName string, resync time.Duration) *InformerSource {
-	return &InformerSource{client: client, nodeName: nodeName, resync: resync}
+	s := &InformerSource{client: client, nodeName: nodeName, resync: resync, stats: map[string]*watchCounters{}}
+	for kind := range Resources {
+		s.stats[kind] = &watchCounters{}
+	}
+	return s
+}
+
+// Resources are the API resources an InformerSource watches, by the kind
+// it reports changes with.
+var Resources = map[string]string{"service": "services", "endpointslice": "endpointslices", "node": "nodes"}
+
+// WatchStats is what one informer's reflector did since Start.
+type WatchStats struct {
+	// Lists counts complete lists received: the first one, and every
+	// relist after it (a LIST, or a watch with initial events up to its
+	// end bookmark when client-go uses WatchList).
+	Lists uint64
+	// Expired counts watches the API server refused or ended with 410 Gone
+	// (resource version too old); each is followed by a relist.
+	Expired uint64
+}
+
+type watchCounters struct{ lists, expired atomic.Uint64 }
+
+// WatchStats returns the counts of each kind ("service", "endpointslice",
+// "node"); all zero before Start.
+func (s *InformerSource) WatchStats() map[string]WatchStats {
+	out := map[string]WatchStats{}
+	for kind, c := range s.stats {
+		out[kind] = WatchStats{Lists: c.lists.Load(), Expired: c.expired.Load()}
+	}
+	return out
+}
+
+// listWatch is what client-go's generated informers use (ListWatch with
+// WatchList semantics), with list and watch counted and expiries logged.
+func (s *InformerSource) listWatch(kind string, tweak func(*metav1.ListOptions),
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
+	c := s.stats[kind]
+	expired := func(err error) bool {
+		if !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
+			return false
+		}
+		c.expired.Add(1)
+		klog.InfoS("Watch expired; relisting", "resource", Resources[kind], "err", err.Error())
+		return true
+	}
+	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			tweak(&o)
+			obj, err := list(ctx, o)
+			if err == nil {
+				// A paginated list is complete with its last page.
+				if l, lerr := meta.ListAccessor(obj); lerr == nil && l.GetContinue() == "" {
+					c.lists.Add(1)
+				}
+			}
+			return obj, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			tweak(&o)
+			w, err := watchFn(ctx, o)
+			if err != nil {
+				expired(err)
+				return nil, err
+			}
+			initial := o.SendInitialEvents != nil && *o.SendInitialEvents
+			return newObservedWatch(w, func(e watch.Event) {
+				switch e.Type {
+				case watch.Error:
+					expired(apierrors.FromObject(e.Object))
+				case watch.Bookmark:
+					if initial {
+						if m, err := meta.Accessor(e.Object); err == nil && m.GetAnnotations()[metav1.InitialEventsAnnotationKey] == "true" {
+							c.lists.Add(1)
+						}
+					}
+				}
+			}), nil
+		},
+	}, s.client)
+}
+
+// observedWatch passes a watch's events on after showing each to observe.
+type observedWatch struct {
+	in     watch.Interface
+	out    chan watch.Event
+	stop   chan struct{}
+	closer sync.Once
+}
+
+func newObservedWatch(in watch.Interface, observe func(watch.Event)) *observedWatch {
+	w := &observedWatch{in: in, out: make(chan watch.Event), stop: make(chan struct{})}
+	go func() {
+		defer close(w.out)
+		for e := range in.ResultChan() {
+			observe(e)
+			select {
+			case w.out <- e:
+			case <-w.stop: // the consumer is gone: do not block on it
+				return
+			}
+		}
+	}()
+	return w
+}
+
+func (w *observedWatch) ResultChan() <-chan watch.Event { return w.out }
+
+func (w *observedWatch) Stop() {
+	w.closer.Do(func() { close(w.stop) })
+	w.in.Stop()
 }
 
 // Start implements Source.
 func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
-	f := informers.NewSharedInformerFactoryWithOptions(s.client, s.resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxySelector }))
-	nf := informers.NewSharedInformerFactoryWithOptions(s.client, s.resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.nodeName).String()
-		}))
-	svc := f.Core().V1().Services()
-	sl := f.Discovery().V1().EndpointSlices()
-	node := nf.Core().V1().Nodes()
+	proxied := func(o *metav1.ListOptions) { o.LabelSelector = proxySelector }
+	thisNode := func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.nodeName).String()
+	}
+	newInformer := func(lw cache.ListerWatcher, obj runtime.Object) cache.SharedIndexInformer {
+		return cache.NewSharedIndexInformerWithOptions(lw, obj, cache.SharedIndexInformerOptions{
+			ResyncPeriod: s.resync,
+			Indexers:     cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+		})
+	}
+	core, disc := s.client.CoreV1(), s.client.DiscoveryV1()
+	svc := newInformer(s.listWatch("service", proxied,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return core.Services("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return core.Services("").Watch(ctx, o)
+		}),
+		&corev1.Service{})
+	sl := newInformer(s.listWatch("endpointslice", proxied,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return disc.EndpointSlices("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return disc.EndpointSlices("").Watch(ctx, o)
+		}),
+		&discoveryv1.EndpointSlice{})
+	node := newInformer(s.listWatch("node", thisNode,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return core.Nodes().List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return core.Nodes().Watch(ctx, o)
+		}),
+		&corev1.Node{})
 	for _, x := range []struct {
 		inf  cache.SharedIndexInformer
 		kind string
-	}{{svc.Informer(), "service"}, {sl.Informer(), "endpointslice"}, {node.Informer(), "node"}} {
+	}{{svc, "service"}, {sl, "endpointslice"}, {node, "node"}} {
 		kind := x.kind
 		if _, err := x.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(obj any) { s.trigger(obj); notify(kind) },
@@ -79,9 +234,12 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 		}
 		s.hasSynced = append(s.hasSynced, x.inf.HasSynced)
 	}
-	s.services, s.slices, s.nodes = svc.Lister(), sl.Lister(), node.Lister()
-	f.Start(ctx.Done())
-	nf.Start(ctx.Done())
+	s.services = corelisters.NewServiceLister(svc.GetIndexer())
+	s.slices = discoverylisters.NewEndpointSliceLister(sl.GetIndexer())
+	s.nodes = corelisters.NewNodeLister(node.GetIndexer())
+	for _, inf := range []cache.SharedIndexInformer{svc, sl, node} {
+		go inf.RunWithContext(ctx)
+	}
 	return nil
 }
 

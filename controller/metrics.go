@@ -101,5 +101,24 @@ func programmingBuckets() []float64 {
 	return b
 }
 
+// RegisterWatchMetrics registers, for each resource the source watches
+// (label resource: services, endpointslices, nodes),
+// svcproxy_informer_lists_total (complete lists received: the first and
+// every relist) and svcproxy_informer_watch_expired_total (watches the API
+// server answered with 410 Gone, each followed by a relist).
+func RegisterWatchMetrics(reg prometheus.Registerer, s *InformerSource) {
+	for kind, res := range Resources {
+		labels := prometheus.Labels{"resource": res}
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "svcproxy", Name: "informer_lists_total",
+				Help:        "Complete lists of a resource the informers received: the first one and every relist",
+				ConstLabels: labels}, func() float64 { return float64(s.WatchStats()[kind].Lists) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "svcproxy", Name: "informer_watch_expired_total",
+				Help:        "Watches of a resource the API server answered with 410 Gone (resource version too old); each is followed by a relist",
+				ConstLabels: labels}, func() float64 { return float64(s.WatchStats()[kind].Expired) }),
+		)
+	}
+}
+
 // programmed records how long a change took from its trigger to the kernel.
 func (m *Metrics) programmed(d time.Duration) { m.networkProgramming.Observe(d.Seconds()) }

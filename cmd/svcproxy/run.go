@@ -177,6 +177,9 @@ func (f *runFlags) run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := controller.NewMetrics(reg, failureMetric)
+	if is, ok := src.(*controller.InformerSource); ok {
+		controller.RegisterWatchMetrics(reg, is)
+	}
 	if rc, ok := backend.(interface{ Repairs() uint64 }); ok {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "svcproxy", Name: "sync_proxy_rules_repairs_total",
