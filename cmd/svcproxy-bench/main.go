@@ -1068,6 +1068,9 @@ func bound(seconds float64) string {
 	if math.IsInf(seconds, 1) {
 		return "+Inf"
 	}
+	if seconds >= 1 {
+		return fmt.Sprintf("%.4g s", seconds)
+	}
 	return fmt.Sprintf("%.4g ms", 1000*seconds)
 }
 
