@@ -294,6 +294,7 @@ func (b *Backend) fullSync(s *proxy.State) error {
 		set  bool
 	}
 	var deletes []del
+	repaired := false
 	for _, fs := range s.Families() {
 		f := familyFor(fs.Family)
 		chains, sets, present, err := b.listNames(f)
@@ -301,7 +302,7 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			return err
 		}
 		if b.fams != nil && b.fams[f] != nil && b.tampered(f, b.fams[f], chains, sets, present) {
-			b.repairs++
+			repaired = true
 			klog.InfoS("nftables rules were changed by someone else; repairing", "family", f.keyword)
 		}
 		c := &committed{services: map[proxy.Key]*fragment{}, live: map[string]bool{}, sets: map[string]bool{},
@@ -434,6 +435,9 @@ func (b *Backend) fullSync(s *proxy.State) error {
 		return err
 	}
 	b.fams = fams
+	if repaired {
+		b.repairs++ // once per full sync that repaired, whatever the families
+	}
 	return nil
 }
 
