@@ -67,6 +67,8 @@ type Controller struct {
 
 	kick     chan string
 	problems map[proxy.Problem]bool
+	// builder rebuilds only the Services whose objects changed.
+	builder proxy.Builder
 	triggers []time.Time // changes not yet programmed, by start time
 }
 
@@ -170,7 +172,7 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 		c.triggers = append(c.triggers, tt.DrainTriggerTimes()...)
 	}
 	in := c.Source.Inputs()
-	st := proxy.Build(in, c.Config)
+	st := c.builder.Build(in, c.Config)
 	if fs, ok := c.Backend.(FullSyncer); ok && full {
 		fs.RequestFullSync()
 	}

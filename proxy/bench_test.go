@@ -23,6 +23,34 @@ func BenchmarkBuild(b *testing.B) {
 	}
 }
 
+// BenchmarkBuilderOneChange rebuilds with a Builder after one
+// EndpointSlice changed (a new object, as informers deliver it): what the
+// daemon does per change.
+func BenchmarkBuilderOneChange(b *testing.B) {
+	for _, n := range []int{1000, 10000, 50000} {
+		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
+			in := bigInputs(n, 10)
+			cfg := proxy.Config{NodeName: "node-0"}
+			var m proxy.Builder
+			m.Build(in, cfg)
+			orig := in.EndpointSlices[n/2]
+			fewer := orig.DeepCopy()
+			fewer.Endpoints = fewer.Endpoints[1:]
+			i := 0
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				in.EndpointSlices[n/2] = orig
+				if i%2 == 0 {
+					in.EndpointSlices[n/2] = fewer
+				}
+				i++
+				m.Build(in, cfg)
+			}
+		})
+	}
+}
+
 // BenchmarkDiff measures State.Diff after one endpoint change at 10k.
 func BenchmarkDiff(b *testing.B) {
 	in := bigInputs(10000, 10)

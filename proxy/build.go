@@ -28,10 +28,17 @@ const DefaultAffinitySeconds = 10800
 // and deterministic: the same objects in any order give an identical State.
 // It never fails: input it cannot use is skipped and recorded in
 // State.Problems, and everything else is still built.
-func Build(in Inputs, cfg Config) *State {
+func Build(in Inputs, cfg Config) *State { return build(in, cfg, nil) }
+
+// build is Build, reusing what memo built before when memo is not nil.
+func build(in Inputs, cfg Config, memo *Builder) *State {
 	b := &builder{cfg: cfg}
 	b.node(in.Nodes)
 	slicesBySvc := b.groupSlices(in.EndpointSlices)
+	var prev map[*corev1.Service]*builtService
+	if memo != nil {
+		prev = memo.start(b)
+	}
 
 	st := &State{}
 	fams := map[Family]*FamilyState{}
@@ -53,7 +60,13 @@ func Build(in Inputs, cfg Config) *State {
 	st.IPv4, st.IPv6 = fams[IPv4], fams[IPv6]
 
 	for _, svc := range dedupe(&b.problems, "Service", in.Services) {
-		ports, ext := b.service(svc, slicesBySvc[svc.Namespace+"/"+svc.Name])
+		var ports []*ServicePort
+		var ext *ExternalName
+		if sl := slicesBySvc[svc.Namespace+"/"+svc.Name]; memo != nil {
+			ports, ext = memo.service(b, prev, svc, sl)
+		} else {
+			ports, ext = b.service(svc, sl)
+		}
 		if ext != nil {
 			st.ExternalNames = append(st.ExternalNames, *ext)
 		}

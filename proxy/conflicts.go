@@ -27,31 +27,37 @@ func resolveConflicts(fs *FamilyState, ps *problems) {
 	slices.SortStableFunc(order, func(a, b *ServicePort) int { return a.created.Compare(b.created) }) // Key order within equal times
 	dropped := map[*ServicePort]bool{}
 	owner := map[destination]Key{}
-	claim := func(sp *ServicePort, d destination, what string) bool {
+	// claim takes d for sp; what describes d, and is only formatted on a
+	// conflict (this runs for every destination of every build).
+	claim := func(sp *ServicePort, d destination, what string, arg any) bool {
 		if o, taken := owner[d]; taken {
 			if o != sp.Key {
 				ps.add("Service", sp.Key.Namespace, sp.Key.Name, "spec.ports",
-					"%s is already used by %s: not programmed for port %s", what, o, sp.Key)
+					"%s is already used by %s: not programmed for port %s", fmt.Sprintf(what, arg), o, sp.Key)
 			}
 			return false
 		}
 		owner[d] = sp.Key
 		return true
 	}
+	// Service ports may be shared with an earlier State (Builder): a port
+	// that loses a destination is replaced by a changed copy.
+	replaced := map[*ServicePort]*ServicePort{}
 	for _, sp := range order {
-		if !claim(sp, destination{sp.ClusterIP, sp.Key.Protocol, sp.Port}, fmt.Sprintf("ClusterIP %s", netip.AddrPortFrom(sp.ClusterIP, sp.Port))) {
+		if !claim(sp, destination{sp.ClusterIP, sp.Key.Protocol, sp.Port}, "ClusterIP %s", netip.AddrPortFrom(sp.ClusterIP, sp.Port)) {
 			dropped[sp] = true
 			continue
 		}
+		nodePort := sp.NodePort
 		changed := false
-		if sp.NodePort != 0 && !claim(sp, destination{netip.Addr{}, sp.Key.Protocol, sp.NodePort}, fmt.Sprintf("NodePort %d/%s", sp.NodePort, sp.Key.Protocol.Lower())) {
-			sp.NodePort = 0
+		if sp.NodePort != 0 && !claim(sp, destination{netip.Addr{}, sp.Key.Protocol, sp.NodePort}, "NodePort %s", fmt.Sprint(sp.NodePort, "/", sp.Key.Protocol.Lower())) {
+			nodePort = 0
 			changed = true
 		}
 		filter := func(ips []netip.Addr, what string) []netip.Addr {
 			var out []netip.Addr
 			for _, ip := range ips {
-				if claim(sp, destination{ip, sp.Key.Protocol, sp.Port}, fmt.Sprintf("%s %s", what, netip.AddrPortFrom(ip, sp.Port))) {
+				if claim(sp, destination{ip, sp.Key.Protocol, sp.Port}, what+" %s", netip.AddrPortFrom(ip, sp.Port)) {
 					out = append(out, ip)
 				} else {
 					changed = true
@@ -59,13 +65,21 @@ func resolveConflicts(fs *FamilyState, ps *problems) {
 			}
 			return out
 		}
-		sp.ExternalIPs = filter(sp.ExternalIPs, "externalIP")
-		sp.LoadBalancerIPs = filter(sp.LoadBalancerIPs, "load-balancer IP")
+		externalIPs := filter(sp.ExternalIPs, "externalIP")
+		lbIPs := filter(sp.LoadBalancerIPs, "load-balancer IP")
 		if changed {
-			if len(sp.LoadBalancerIPs) == 0 {
-				sp.SourceRanges = nil
+			c := *sp
+			c.NodePort, c.ExternalIPs, c.LoadBalancerIPs = nodePort, externalIPs, lbIPs
+			if len(c.LoadBalancerIPs) == 0 {
+				c.SourceRanges = nil
 			}
-			sp.Hash = servicePortHash(sp)
+			c.Hash = servicePortHash(&c)
+			replaced[sp] = &c
+		}
+	}
+	for i, sp := range fs.Services {
+		if c := replaced[sp]; c != nil {
+			fs.Services[i] = c
 		}
 	}
 	fs.Services = slices.DeleteFunc(fs.Services, func(sp *ServicePort) bool { return dropped[sp] })

@@ -69,6 +69,23 @@ func (ps *problems) add(kind, namespace, name, field, format string, args ...any
 	}
 }
 
+// merge adds o's problems as if each had been added to ps in o's order.
+func (ps *problems) merge(o *problems) {
+	listed := map[string]int{}
+	for _, p := range o.list {
+		ps.add(p.Kind, p.Namespace, p.Name, p.Field, "%s", p.Message)
+		listed[p.Object()]++
+	}
+	for obj, n := range o.counts {
+		if extra := n - listed[obj]; extra > 0 {
+			ps.counts[obj] += extra
+			if _, ok := ps.dropped[obj]; !ok {
+				ps.dropped[obj] = o.dropped[obj]
+			}
+		}
+	}
+}
+
 // result returns the problems, with one summary per object that had more
 // than maxProblemsPerObject.
 func (ps *problems) result() []Problem {
