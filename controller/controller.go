@@ -68,7 +68,7 @@ type Controller struct {
 	kick     chan string
 	problems map[proxy.Problem]bool
 	// builder rebuilds only the Services whose objects changed.
-	builder proxy.Builder
+	builder  proxy.Builder
 	triggers []time.Time // changes not yet programmed, by start time
 }
 
