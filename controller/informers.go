@@ -188,30 +188,9 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 		})
 	}
 	core, disc := s.client.CoreV1(), s.client.DiscoveryV1()
-	svc := newInformer(s.listWatch("service", proxied,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return core.Services("").List(ctx, o)
-		},
-		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return core.Services("").Watch(ctx, o)
-		}),
-		&corev1.Service{})
-	sl := newInformer(s.listWatch("endpointslice", proxied,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return disc.EndpointSlices("").List(ctx, o)
-		},
-		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return disc.EndpointSlices("").Watch(ctx, o)
-		}),
-		&discoveryv1.EndpointSlice{})
-	node := newInformer(s.listWatch("node", thisNode,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return core.Nodes().List(ctx, o)
-		},
-		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return core.Nodes().Watch(ctx, o)
-		}),
-		&corev1.Node{})
+	svc := newInformer(s.listWatch("service", proxied, listOf(core.Services("").List), core.Services("").Watch), &corev1.Service{})
+	sl := newInformer(s.listWatch("endpointslice", proxied, listOf(disc.EndpointSlices("").List), disc.EndpointSlices("").Watch), &discoveryv1.EndpointSlice{})
+	node := newInformer(s.listWatch("node", thisNode, listOf(core.Nodes().List), core.Nodes().Watch), &corev1.Node{})
 	for _, x := range []struct {
 		inf  cache.SharedIndexInformer
 		kind string
@@ -309,4 +288,9 @@ func (s *InformerSource) Inputs() proxy.Inputs {
 	in.EndpointSlices = append([]*discoveryv1.EndpointSlice(nil), slices...)
 	in.Nodes = append([]*corev1.Node(nil), nodes...)
 	return in
+}
+
+// listOf adapts a typed client's List to the untyped one a ListWatch takes.
+func listOf[L runtime.Object](list func(context.Context, metav1.ListOptions) (L, error)) func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return list(ctx, o) }
 }
