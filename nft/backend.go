@@ -517,6 +517,10 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 			for name, ch := range oldChains {
 				if ch.shared {
 					u.refs[name] = countOr(u.refs, c.refs, name) - 1
+					sharedDefs[name] = ch
+					for _, m := range ch.maps {
+						setsByName[m.name] = m
+					}
 					delete(oldChains, name)
 				}
 			}
@@ -524,6 +528,9 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 				if ch.shared {
 					u.refs[name] = countOr(u.refs, c.refs, name) + 1
 					sharedDefs[name] = ch
+					for _, m := range ch.maps {
+						setsByName[m.name] = m
+					}
 					delete(newChainSet, name)
 				}
 			}
@@ -570,14 +577,24 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 				}
 			}
 		}
+		// A shared chain's endpoint maps come and go with it.
 		for name, n := range u.refs {
+			ch := sharedDefs[name]
 			switch was := c.refs[name]; {
 			case was == 0 && n > 0:
+				for _, m := range ch.maps {
+					if !c.sets[m.name] || c.staleSets[m.name] {
+						u.addedSet = append(u.addedSet, m.name)
+					}
+				}
 				if !c.live[name] || c.staleChains[name] {
-					newChains = append(newChains, sharedDefs[name])
+					newChains = append(newChains, ch)
 				}
 			case was > 0 && n == 0:
 				u.stale = append(u.stale, name)
+				for _, m := range ch.maps {
+					u.staleSet = append(u.staleSet, m.name)
+				}
 			}
 		}
 		// Hairpin addresses: in the set while some service uses them.
@@ -745,10 +762,6 @@ func skeletonSet(name string) *setDef {
 		return &setDef{name: name, kind: addrSet}
 	case setHairpin:
 		return &setDef{name: name, kind: hairpinSet}
-	case mapClusterEndpoints, mapLocalEndpoints:
-		return &setDef{name: name, kind: endpointMap}
-	case mapClusterNodePortEndpoints, mapLocalNodePortEndpoints:
-		return &setDef{name: name, kind: nodePortEndpointMap}
 	}
 	return &setDef{name: name, kind: destMap}
 }

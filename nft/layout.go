@@ -66,28 +66,29 @@ const (
 	mapFirewall            = "firewall-ips"
 	setNodePortIPs         = "nodeport-ips"
 	setHairpin             = "hairpin-ips"
-
-	// Endpoint maps: where `numgen random mod N` sends a destination.
-	// Cluster ones hold ClusterEndpoints, local ones LocalEndpoints; the
-	// nodeport ones are keyed by protocol and port alone.
-	mapClusterEndpoints         = "cluster-endpoints"
-	mapLocalEndpoints           = "local-endpoints"
-	mapClusterNodePortEndpoints = "cluster-nodeport-endpoints"
-	mapLocalNodePortEndpoints   = "local-nodeport-endpoints"
 )
 
-// endpointMapFor names the endpoint map a pick uses.
-func endpointMapFor(byAddr, local bool) string {
-	switch {
-	case byAddr && local:
-		return mapLocalEndpoints
-	case byAddr:
-		return mapClusterEndpoints
-	case local:
-		return mapLocalNodePortEndpoints
+// Endpoint maps, where a shared chain's `numgen random mod N` sends a
+// destination, belong to that chain: "<chain>-cluster" holds the
+// ClusterEndpoints of the destinations that use the chain, "<chain>-local"
+// their LocalEndpoints. A map is created and deleted with its chain, so a
+// new chain's rules bind to empty maps: binding a rule to a map makes the
+// kernel walk every element already in it, which a table-wide map would
+// turn into O(all endpoints) per new endpoint count.
+const (
+	pickCluster = "cluster"
+	pickLocal   = "local"
+)
+
+func pickRole(local bool) string {
+	if local {
+		return pickLocal
 	}
-	return mapClusterNodePortEndpoints
+	return pickCluster
 }
+
+// pickMap names the endpoint map of a shared chain for a role.
+func pickMap(chain, role string) string { return chain + "-" + role }
 
 // fragment is the part of a table that one service port (or the fixed
 // skeleton) contributes.
@@ -117,8 +118,6 @@ func skeleton(f *family, fs *proxy.FamilyState) *fragment {
 		{name: mapServiceIPs, kind: destMap}, {name: mapNodePorts, kind: portMap},
 		{name: mapNoEndpoints, kind: destMap}, {name: mapNoEndpointNodePorts, kind: portMap},
 		{name: mapFirewall, kind: destMap}, {name: setHairpin, kind: hairpinSet},
-		{name: mapClusterEndpoints, kind: endpointMap}, {name: mapLocalEndpoints, kind: endpointMap},
-		{name: mapClusterNodePortEndpoints, kind: nodePortEndpointMap}, {name: mapLocalNodePortEndpoints, kind: nodePortEndpointMap},
 	} {
 		fr.sets = append(fr.sets, s)
 	}
@@ -182,15 +181,17 @@ func pooledService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fra
 	}
 	fr.hairpin = slices.Compact(fr.hairpin)
 
-	// fill puts the endpoints for one destination into an endpoint map.
-	fill := func(byAddr, local bool, addr netip.Addr, port uint16, eps []proxy.Endpoint) {
-		m := endpointMapFor(byAddr, local)
+	// fill puts the endpoints for one destination into the endpoint map
+	// of chain ch for the role.
+	fill := func(ch string, local bool, addr netip.Addr, port uint16, eps []proxy.Endpoint) {
+		m := pickMap(ch, pickRole(local))
 		for i, ep := range eps {
 			fr.elem(m, element{addr: addr, proto: proto, port: port, index: uint32(i), to: netip.AddrPortFrom(ep.IP, ep.Port)})
 		}
 	}
+	// pick names its map by role; sharedChain makes it the chain's own.
 	pick := func(byAddr, local bool, eps []proxy.Endpoint) dnatPick {
-		return dnatPick{byAddr: byAddr, set: endpointMapFor(byAddr, local), n: len(eps)}
+		return dnatPick{byAddr: byAddr, set: pickRole(local), n: len(eps)}
 	}
 
 	// ClusterIP.
@@ -203,7 +204,7 @@ func pooledService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fra
 		rules = append(rules, rule{pick(true, sp.InternalPolicyLocal, eps)})
 		ch := fr.sharedChain(f, "clusterip", rules)
 		fr.elem(mapServiceIPs, element{addr: sp.ClusterIP, proto: proto, port: sp.Port, verdict: goTo(ch)})
-		fill(true, sp.InternalPolicyLocal, sp.ClusterIP, sp.Port, eps)
+		fill(ch, sp.InternalPolicyLocal, sp.ClusterIP, sp.Port, eps)
 	} else {
 		fr.elem(mapNoEndpoints, element{addr: sp.ClusterIP, proto: proto, port: sp.Port, verdict: noEndpointVerdict(v)})
 	}
@@ -229,25 +230,25 @@ func pooledService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fra
 		}
 		usesLocal := slices.ContainsFunc(routes, func(r proxy.Route) bool { return r.Local })
 		usesCluster := slices.ContainsFunc(routes, func(r proxy.Route) bool { return !r.Local })
-		fillRoutes := func(byAddr bool, addr netip.Addr, port uint16) {
+		fillRoutes := func(ch string, addr netip.Addr, port uint16) {
 			if usesCluster {
-				fill(byAddr, false, addr, port, sp.ClusterEndpoints)
+				fill(ch, false, addr, port, sp.ClusterEndpoints)
 			}
 			if usesLocal {
-				fill(byAddr, true, addr, port, sp.LocalEndpoints)
+				fill(ch, true, addr, port, sp.LocalEndpoints)
 			}
 		}
 		if len(externalIPs) > 0 {
 			ch := routeChain("external", true)
 			for _, ip := range externalIPs {
 				fr.elem(mapServiceIPs, element{addr: ip, proto: proto, port: sp.Port, verdict: goTo(ch)})
-				fillRoutes(true, ip, sp.Port)
+				fillRoutes(ch, ip, sp.Port)
 			}
 		}
 		if sp.NodePort != 0 {
 			ch := routeChain("nodeport", false)
 			fr.elem(mapNodePorts, element{proto: proto, port: sp.NodePort, verdict: goTo(ch)})
-			fillRoutes(false, netip.Addr{}, sp.NodePort)
+			fillRoutes(ch, netip.Addr{}, sp.NodePort)
 		}
 	}
 	fr.firewall(f, sp)
@@ -461,7 +462,9 @@ func (fr *fragment) chain(f *family, prefix, key string, rules []rule) string {
 }
 
 // sharedChain adds a chain named by its content alone, which every
-// fragment with the same content shares, and returns its name.
+// fragment with the same content shares, and returns its name. The
+// content names the endpoint maps of its picks by role; the chain gets
+// maps of its own for them (pickMap).
 func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
 	var content strings.Builder
 	for _, r := range rules {
@@ -469,7 +472,26 @@ func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
 		content.WriteByte('\n')
 	}
 	sum := sha256.Sum256([]byte(prefix + "\x00" + content.String()))
-	c := &chainDef{name: prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8], rules: rules, shared: true}
+	c := &chainDef{name: prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8], shared: true}
+	for _, r := range rules {
+		own := slices.Clone(r)
+		for i, st := range own {
+			p, ok := st.(dnatPick)
+			if !ok {
+				continue
+			}
+			p.set = pickMap(c.name, p.set)
+			own[i] = p
+			if !slices.ContainsFunc(c.maps, func(m *setDef) bool { return m.name == p.set }) {
+				kind := nodePortEndpointMap
+				if p.byAddr {
+					kind = endpointMap
+				}
+				c.maps = append(c.maps, &setDef{name: p.set, kind: kind})
+			}
+		}
+		c.rules = append(c.rules, own)
+	}
 	fr.chains = append(fr.chains, c)
 	return c.name
 }
@@ -520,6 +542,9 @@ func (t *table) add(fr *fragment) {
 	}
 	for _, c := range fr.chains {
 		t.chains[c.name] = c
+		for _, m := range c.maps {
+			t.sets[m.name] = m
+		}
 	}
 	for _, e := range fr.elems {
 		t.elems[e.set] = append(t.elems[e.set], e.el)

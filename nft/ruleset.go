@@ -65,6 +65,9 @@ type chainDef struct {
 	// shared chains are named by content alone and used by every service
 	// port whose content is the same; they live while one uses them.
 	shared bool
+	// maps are the endpoint maps of a shared chain's picks, which live
+	// and die with it.
+	maps []*setDef
 }
 
 // text is the chain's body: the hook line, if any, then one line per rule.
