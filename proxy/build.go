@@ -28,10 +28,15 @@ const DefaultAffinitySeconds = 10800
 // and deterministic: the same objects in any order give an identical State.
 // It never fails: input it cannot use is skipped and recorded in
 // State.Problems, and everything else is still built.
-func Build(in Inputs, cfg Config) *State { return build(in, cfg, nil) }
+func Build(in Inputs, cfg Config) *State {
+	st, _ := build(in, cfg, nil)
+	return st
+}
 
 // build is Build, reusing what memo built before when memo is not nil.
-func build(in Inputs, cfg Config, memo *Builder) *State {
+// It also returns each family's service ports as they were before
+// conflicts were resolved (IPv4, IPv6).
+func build(in Inputs, cfg Config, memo *Builder) (*State, [2][]*ServicePort) {
 	b := &builder{cfg: cfg}
 	b.node(in.Nodes)
 	slicesBySvc := b.groupSlices(in.EndpointSlices)
@@ -75,14 +80,18 @@ func build(in Inputs, cfg Config, memo *Builder) *State {
 			fs.Services = append(fs.Services, sp)
 		}
 	}
-	for _, fs := range st.Families() {
+	var raw [2][]*ServicePort
+	for i, fs := range st.Families() {
 		slices.SortFunc(fs.Services, func(a, b *ServicePort) int { return a.Key.Compare(b.Key) })
+		if memo != nil {
+			raw[i] = slices.Clone(fs.Services)
+		}
 		resolveConflicts(fs, &b.problems)
 	}
 	st.Problems = b.problems.result()
 	slices.SortFunc(st.Problems, compareProblems)
 	st.Problems = slices.Compact(st.Problems)
-	return st
+	return st, raw
 }
 
 type builder struct {

@@ -116,6 +116,21 @@ func (s *State) Diff(prev *State, f Family) FamilyDiff {
 	} else {
 		d.GlobalChanged = true
 	}
+	if s.delta != nil && s.delta.from == prev {
+		// Only these keys can differ (Builder): O(changed).
+		for _, k := range s.delta.keys[famIndex(f)] {
+			o, n := prev.Family(f).Service(k), cur.Service(k)
+			switch {
+			case o == nil && n != nil:
+				d.Added = append(d.Added, k)
+			case o != nil && n == nil:
+				d.Removed = append(d.Removed, k)
+			case o != nil && o.Hash != n.Hash:
+				d.Changed = append(d.Changed, k)
+			}
+		}
+		return d
+	}
 	i, j := 0, 0
 	for i < len(old) || j < len(cur.Services) {
 		switch {

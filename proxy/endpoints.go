@@ -33,22 +33,32 @@ type endpointPortKey struct {
 func (b *builder) groupSlices(in []*discoveryv1.EndpointSlice) map[string][]*discoveryv1.EndpointSlice {
 	out := map[string][]*discoveryv1.EndpointSlice{}
 	for _, s := range dedupe(&b.problems, "EndpointSlice", in) {
-		if _, ok := s.Labels[LabelServiceProxyName]; ok {
-			continue
+		if k := sliceGroup(&b.problems, s); k != "" {
+			out[k] = append(out[k], s) // sorted by name, as dedupe returns them
 		}
-		if _, ok := s.Labels[LabelHeadless]; ok {
-			continue
-		}
-		svc := s.Labels[discoveryv1.LabelServiceName]
-		if svc == "" {
-			b.problems.add("EndpointSlice", s.Namespace, s.Name, `metadata.labels["`+discoveryv1.LabelServiceName+`"]`,
-				"missing: the slice belongs to no Service and is skipped")
-			continue
-		}
-		k := s.Namespace + "/" + svc
-		out[k] = append(out[k], s) // sorted by name, as dedupe returns them
 	}
 	return out
+}
+
+// sliceGroup is the "namespace/service" whose endpoints s holds, or "" for
+// none; a slice without the service-name label is a problem, recorded in
+// ps when ps is not nil.
+func sliceGroup(ps *problems, s *discoveryv1.EndpointSlice) string {
+	if _, ok := s.Labels[LabelServiceProxyName]; ok {
+		return ""
+	}
+	if _, ok := s.Labels[LabelHeadless]; ok {
+		return ""
+	}
+	svc := s.Labels[discoveryv1.LabelServiceName]
+	if svc == "" {
+		if ps != nil {
+			ps.add("EndpointSlice", s.Namespace, s.Name, `metadata.labels["`+discoveryv1.LabelServiceName+`"]`,
+				"missing: the slice belongs to no Service and is skipped")
+		}
+		return ""
+	}
+	return s.Namespace + "/" + svc
 }
 
 // endpoints merges the Service's slices into candidates per port. An

@@ -26,6 +26,7 @@ type Builder struct {
 	labels  map[string]string
 	nodeIPs []netip.Addr
 	built   map[*corev1.Service]*builtService
+	inc     *incremental
 }
 
 // builtService is what building one Service produced.
@@ -40,7 +41,12 @@ type builtService struct {
 func (m *Builder) Build(in Inputs, cfg Config) *State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return build(in, cfg, m)
+	if st := m.incrementalBuild(in, cfg); st != nil {
+		return st
+	}
+	st, raw := build(in, cfg, m)
+	m.reindex(in, st, raw)
+	return st
 }
 
 // start is called once the builder knows the node: it forgets everything

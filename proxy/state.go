@@ -288,6 +288,10 @@ type State struct {
 	ExternalNames []ExternalName
 	// Problems lists the input the model could not use, sorted.
 	Problems []Problem
+
+	// delta, set by a Builder, names the ports that may differ from the
+	// State it built before, so that Diff need not compare them all.
+	delta *delta
 }
 
 // Families returns the IPv4 and the IPv6 state, in that order.

@@ -170,7 +170,8 @@ func bigInputs(n, eps int) proxy.Inputs {
 		case 1:
 			opts = append(opts, nodePort(np))
 		case 2:
-			opts = append(opts, nodePort(np), lbIngress(lbIP(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256))), etpLocal, healthCheck(int32(32000+i%700)))
+			opts = append(opts, nodePort(np), lbIngress(lbIP(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256))), etpLocal, healthCheck(int32(32000+i%700)),
+				func(s *corev1.Service) { s.Spec.Ports[0].NodePort = np }) // lbIngress would give every one 30080
 		case 3:
 			opts = append(opts, itpLocal, affinity(nil))
 		}
