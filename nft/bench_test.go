@@ -64,24 +64,28 @@ func BenchmarkOneChangeSync(b *testing.B) {
 	for _, ch := range changes {
 		for _, n := range benchScales {
 			b.Run(fmt.Sprintf("%s/services=%d", ch.name, n), func(b *testing.B) {
+				// States come from a proxy.Builder, as in the daemon: each
+				// tells Diff which ports changed since the one before.
 				in := scale.Cluster(n, 10)
-				full := proxy.Build(in, scale.Config())
-				in.EndpointSlices[n/2] = ch.change(n)
-				changed := proxy.Build(in, scale.Config())
+				var m proxy.Builder
 				ns := sandbox.New(b, "bench")
 				be := New(WithNetNS(ns.FD()))
-				if err := be.Sync(context.Background(), full); err != nil {
+				if err := be.Sync(context.Background(), m.Build(in, scale.Config())); err != nil {
 					b.Fatal(err)
 				}
+				orig, changed := in.EndpointSlices[n/2], ch.change(n)
 				i := 0
 				var msgs int
 				var took []time.Duration
 				for b.Loop() {
-					st := changed
+					in.EndpointSlices[n/2] = changed
 					if i%2 == 1 {
-						st = full
+						in.EndpointSlices[n/2] = orig
 					}
 					i++
+					b.StopTimer()
+					st := m.Build(in, scale.Config())
+					b.StartTimer()
 					start := time.Now()
 					if err := be.Sync(context.Background(), st); err != nil {
 						b.Fatal(err)

@@ -34,6 +34,9 @@ type incremental struct {
 	unlabelled map[string]*discoveryv1.EndpointSlice
 	// troubled holds the Services whose build recorded problems.
 	troubled map[string]*builtService
+	// nodeProblems are the Node's problems in the last build; the last
+	// State's Problems are reused while no source of problems changed.
+	nodeProblems []Problem
 
 	// raw is each family's ports before conflict resolution, in Key order;
 	// claims counts the claims on each destination, and contested the
@@ -43,6 +46,8 @@ type incremental struct {
 	externalNames []ExternalName
 	claims        map[destination]int
 	contested     int
+
+	problemsChanged bool // by this build, so far
 }
 
 // delta tells Diff which keys may differ between from and the State that
@@ -104,6 +109,9 @@ func (m *Builder) reindex(in Inputs, st *State, raw [2][]*ServicePort) {
 		raw: raw, externalNames: slices.Clone(st.ExternalNames), claims: map[destination]int{},
 	}
 	m.inc = nil
+	nb := &builder{cfg: m.cfg}
+	nb.node(in.Nodes)
+	inc.nodeProblems = nb.problems.list
 	for _, s := range in.Services {
 		if s == nil {
 			continue
@@ -146,6 +154,7 @@ func (inc *incremental) addSlice(name string, s *discoveryv1.EndpointSlice) stri
 		if _, ok := s.Labels[LabelServiceProxyName]; !ok {
 			if _, ok := s.Labels[LabelHeadless]; !ok {
 				inc.unlabelled[name] = s
+				inc.problemsChanged = true
 			}
 		}
 		return ""
@@ -161,6 +170,7 @@ func (inc *incremental) removeSlice(name string, s *discoveryv1.EndpointSlice) s
 	delete(inc.sliceGroup, s)
 	if inc.unlabelled[name] == s {
 		delete(inc.unlabelled, name)
+		inc.problemsChanged = true
 	}
 	if g != "" {
 		inc.groups[g] = slices.DeleteFunc(inc.groups[g], func(e *discoveryv1.EndpointSlice) bool { return e == s })
@@ -231,6 +241,8 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 		return nil
 	}
 	inc.gen++
+	inc.problemsChanged = inc.contested > 0 || !slices.Equal(inc.nodeProblems, b.problems.list)
+	inc.nodeProblems = slices.Clone(b.problems.list)
 	addedSvcs, removedSvcs, ok := scan(in.Services, inc.svcs, inc.svcByName, inc.gen)
 	if !ok {
 		return nil
@@ -295,7 +307,10 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 				return e.Namespace == old.Namespace && e.Name == old.Name
 			})
 		}
-		delete(inc.troubled, k)
+		if _, ok := inc.troubled[k]; ok {
+			delete(inc.troubled, k)
+			inc.problemsChanged = true
+		}
 		if svc == nil {
 			continue
 		}
@@ -309,6 +324,7 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 		}
 		if len(got.problems.list) > 0 {
 			inc.troubled[k] = got
+			inc.problemsChanged = true
 		}
 		for _, sp := range got.ports {
 			i := famIndex(familyOf(sp.ClusterIP))
@@ -331,11 +347,14 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 	if len(inc.externalNames) > 0 {
 		st.ExternalNames = slices.Clone(inc.externalNames)
 	}
-	for _, name := range slices.Sorted(maps.Keys(inc.unlabelled)) {
-		sliceGroup(&b.problems, inc.unlabelled[name])
-	}
-	for _, name := range slices.Sorted(maps.Keys(inc.troubled)) {
-		b.problems.merge(&inc.troubled[name].problems)
+	rework := inc.problemsChanged || inc.contested > 0
+	if rework {
+		for _, name := range slices.Sorted(maps.Keys(inc.unlabelled)) {
+			sliceGroup(&b.problems, inc.unlabelled[name])
+		}
+		for _, name := range slices.Sorted(maps.Keys(inc.troubled)) {
+			b.problems.merge(&inc.troubled[name].problems)
+		}
 	}
 	for i, last := range inc.last.Families() {
 		fs := *last
@@ -349,9 +368,13 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 			st.IPv6 = &fs
 		}
 	}
-	st.Problems = b.problems.result()
-	slices.SortFunc(st.Problems, compareProblems)
-	st.Problems = slices.Compact(st.Problems)
+	if rework {
+		st.Problems = b.problems.result()
+		slices.SortFunc(st.Problems, compareProblems)
+		st.Problems = slices.Compact(st.Problems)
+	} else {
+		st.Problems = inc.last.Problems // nothing that has problems changed
+	}
 	if !wasContested && inc.contested == 0 {
 		// Without conflicts, the ports of the affected Services are the
 		// only ones that can differ from the last State.

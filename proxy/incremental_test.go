@@ -54,7 +54,7 @@ func randomChanges(t *testing.T, seed uint64) (fast, builds int) {
 	for step := range 60 {
 		var did []string
 		for range 1 + r.IntN(3) {
-			op := r.IntN(16)
+			op := r.IntN(17)
 			did = append(did, fmt.Sprint(op))
 			switch op {
 			case 0, 1, 2: // endpoints change (count, or the same count)
@@ -141,6 +141,13 @@ func randomChanges(t *testing.T, seed uint64) (fast, builds int) {
 				in.EndpointSlices = append(in.EndpointSlices, in.EndpointSlices[r.IntN(len(in.EndpointSlices))])
 			case 14: // the node's labels change: everything is rebuilt
 				cfg.NodeLabels = map[string]string{corev1.LabelTopologyZone: fmt.Sprint("z", r.IntN(2))}
+			case 16: // the Node object changes, with or without a bad address (a problem)
+				nd := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-0"}}
+				nd.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.10"}}
+				if r.IntN(2) == 0 {
+					nd.Status.Addresses = append(nd.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "bogus"})
+				}
+				in.Nodes = []*corev1.Node{nd}
 			case 15: // many changes at once
 				for i := range n {
 					in.EndpointSlices = replaceSlice(in.EndpointSlices, scale.Slice(i, 1+r.IntN(3), 0))
