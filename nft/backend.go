@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -27,9 +28,19 @@ import (
 type Backend struct {
 	netnsFD int
 	conn    *nftables.Conn // lasting; nil until first use and after an error
+	genConn *netlink.Conn  // for generation(); nil until first use and after an error
 
 	mu       sync.Mutex
 	fullNext bool
+	// verifyNext: RequestFullSync was called. The next Sync is full unless
+	// the kernel's ruleset generation shows that no transaction was
+	// committed since our last one (cleanGen, valid while genKnown).
+	verifyNext bool
+	genKnown   bool
+	cleanGen   uint32
+	txs        uint32 // transactions committed, ever
+	// skipped counts full syncs found unnecessary that way.
+	skipped uint64
 	// lastMessages counts the netlink messages of the last Sync.
 	lastMessages int
 	// repairs counts full syncs that found the kernel changed behind our
@@ -78,12 +89,24 @@ func New(opts ...Option) *Backend {
 func (b *Backend) Render(s *proxy.State) string { return Render(s) }
 
 // RequestFullSync makes the next Sync rewrite everything, which repairs
-// any change made to svcproxy's tables by someone else. The daemon calls
-// it every --sync-period.
+// any change made to svcproxy's tables by someone else — unless the
+// kernel's ruleset generation proves that nothing was committed to
+// nftables, in any table, since svcproxy's own last transaction: then
+// there is nothing to repair, and the Sync is an incremental one
+// (SkippedFullSyncs counts these). The daemon calls it every
+// --sync-period.
 func (b *Backend) RequestFullSync() {
 	b.mu.Lock()
-	b.fullNext = true
+	b.verifyNext = true
 	b.mu.Unlock()
+}
+
+// SkippedFullSyncs counts the requested full syncs that the ruleset
+// generation showed unnecessary.
+func (b *Backend) SkippedFullSyncs() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.skipped
 }
 
 // Sync implements proxy.Backend. When it fails, the kernel keeps the rules
@@ -96,13 +119,22 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 	}
 	var err error
 	b.lastMessages = 0
-	if b.fullNext || b.last == nil {
+	full := b.fullNext || b.last == nil
+	before, genErr := b.generation()
+	if b.verifyNext && !full {
+		if full = genErr != nil || !b.genKnown || before != b.cleanGen; !full {
+			b.skipped++
+		}
+	}
+	b.verifyNext = false
+	txs := b.txs
+	if full {
 		err = b.fullSync(s)
 	} else {
 		err = b.incrementalSync(s)
 	}
 	if err != nil {
-		b.fullNext = true
+		b.fullNext, b.genKnown = true, false
 		return err
 	}
 	b.fullNext = false
@@ -113,6 +145,10 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 	if err := b.deleteStale(); err != nil {
 		klog.ErrorS(err, "Deleting stale nftables objects; will retry at the next sync")
 	}
+	// The generation is clean if it moved by our transactions alone.
+	after, afterErr := b.generation()
+	b.genKnown = genErr == nil && afterErr == nil && after-before == b.txs-txs
+	b.cleanGen = after
 	return nil
 }
 
@@ -174,6 +210,10 @@ func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closeConn()
+	if b.genConn != nil {
+		b.genConn.Close()
+		b.genConn = nil
+	}
 	return nil
 }
 

@@ -263,6 +263,7 @@ func (t *tx) flush() error {
 	if t.counter != nil {
 		*t.counter += t.msgs
 	}
+	t.owner.txs++
 	return nil
 }
 

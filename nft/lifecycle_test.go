@@ -150,6 +150,47 @@ func TestFullSyncRepairsTampering(t *testing.T) {
 	}
 }
 
+// A requested full sync is skipped only while the kernel's ruleset
+// generation proves that no one committed anything since our last
+// transaction; any commit, even to another table, makes it run.
+func TestFullSyncSkippedOnlyWhenNothingCommitted(t *testing.T) {
+	sandbox.Require(t, "nft")
+	ns := sandbox.New(t, "gen")
+	st := baseState(t)
+	b := New(WithNetNS(ns.FD()))
+	syncAndCompare(t, ns, b, st)
+
+	b.RequestFullSync()
+	syncAndCompare(t, ns, b, st)
+	if b.SkippedFullSyncs() != 1 || b.lastMessages != 0 {
+		t.Fatalf("untouched: skipped %d, %d messages; want 1 skipped, 0 messages", b.SkippedFullSyncs(), b.lastMessages)
+	}
+	// Incremental syncs keep the generation known.
+	next := dptest.Scenarios[1].Build(t)
+	syncAndCompare(t, ns, b, next)
+	b.RequestFullSync()
+	syncAndCompare(t, ns, b, next)
+	if b.SkippedFullSyncs() != 2 {
+		t.Fatalf("after an incremental sync: skipped %d, want 2", b.SkippedFullSyncs())
+	}
+	ns.MustRun(t, "nft", "add", "table", "inet", "someone-else")
+	repairs := b.Repairs()
+	b.RequestFullSync()
+	syncAndCompare(t, ns, b, next)
+	if b.SkippedFullSyncs() != 2 || b.lastMessages == 0 {
+		t.Fatalf("after a foreign commit: skipped %d, %d messages; want a full sync", b.SkippedFullSyncs(), b.lastMessages)
+	}
+	if b.Repairs() != repairs {
+		t.Errorf("a commit to another table counted as a repair of ours")
+	}
+	// And the generation is known again after it.
+	b.RequestFullSync()
+	syncAndCompare(t, ns, b, next)
+	if b.SkippedFullSyncs() != 3 {
+		t.Fatalf("after the full sync: skipped %d, want 3", b.SkippedFullSyncs())
+	}
+}
+
 // Cleanup removes our tables and nothing else; syncs never touch other
 // tables either.
 func TestCleanupLeavesForeignRulesetIdentical(t *testing.T) {

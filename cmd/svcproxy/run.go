@@ -186,6 +186,12 @@ func (f *runFlags) run(ctx context.Context) error {
 			Help: "Full syncs that found the rules changed by someone else and repaired them",
 		}, func() float64 { return float64(rc.Repairs()) }))
 	}
+	if sc, ok := backend.(interface{ SkippedFullSyncs() uint64 }); ok {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "svcproxy", Name: "sync_full_proxy_rules_skipped_total",
+			Help: "Periodic full syncs not needed: the kernel's nftables generation showed no transaction since svcproxy's last",
+		}, func() float64 { return float64(sc.SkippedFullSyncs()) }))
+	}
 
 	proxyHealth := health.NewProxyHealth(2*f.syncPeriod, nil)
 	var listenIPs []netip.Addr // service health checks listen on the NodePort addresses when set
