@@ -40,6 +40,11 @@ type TriggerTimer interface{ DrainTriggerTimes() []time.Time }
 // everything at their next sync.
 type FullSyncer interface{ RequestFullSync() }
 
+// FullSyncReporter is implemented by backends that may find a requested
+// full sync unnecessary: it tells whether the last Sync was a full one, so
+// that the full and partial sync metrics count what was done.
+type FullSyncReporter interface{ LastSyncFull() bool }
+
 // Hooks are optional observers of the sync loop.
 type Hooks struct {
 	// Queued is called when a change is waiting to be programmed.
@@ -177,6 +182,9 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 		fs.RequestFullSync()
 	}
 	err := c.Backend.Sync(ctx, st)
+	if r, ok := c.Backend.(FullSyncReporter); ok && err == nil {
+		full = r.LastSyncFull()
+	}
 	if c.Metrics != nil {
 		c.Metrics.synced(full, time.Since(start), err)
 	}

@@ -247,3 +247,35 @@ func TestNetworkProgrammingLatencyIsObserved(t *testing.T) {
 		}
 	}
 }
+
+// skippingBackend is a recordingBackend that reports every periodic full
+// sync as skipped (as the nftables backend does when nothing changed).
+type skippingBackend struct{ recordingBackend }
+
+func (s *skippingBackend) LastSyncFull() bool { return false }
+
+// The full and partial sync metrics count what the backend did, not what
+// was requested.
+func TestMetricsCountSkippedFullSyncsAsPartial(t *testing.T) {
+	src, be := newFakeSource(), &skippingBackend{}
+	close(src.synced)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, "sync_proxy_rules_nftables_sync_failures_total")
+	run(t, &Controller{Source: src, Backend: be, SyncPeriod: 20 * time.Millisecond, Metrics: m})
+	waitFor(t, "periodic syncs", func() bool { _, _, fulls := be.snapshot(); return fulls >= 3 })
+	count := func(name string) uint64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+			}
+		}
+		return 0
+	}
+	if full, partial := count("kubeproxy_sync_full_proxy_rules_duration_seconds"), count("kubeproxy_sync_partial_proxy_rules_duration_seconds"); full != 0 || partial < 3 {
+		t.Errorf("full syncs %d, partial %d; want 0 and at least 3", full, partial)
+	}
+}

@@ -40,7 +40,8 @@ type Backend struct {
 	cleanGen   uint32
 	txs        uint32 // transactions committed, ever
 	// skipped counts full syncs found unnecessary that way.
-	skipped uint64
+	skipped  uint64
+	lastFull bool
 	// lastMessages counts the netlink messages of the last Sync.
 	lastMessages int
 	// repairs counts full syncs that found the kernel changed behind our
@@ -101,6 +102,13 @@ func (b *Backend) RequestFullSync() {
 	b.mu.Unlock()
 }
 
+// LastSyncFull reports whether the last Sync rewrote everything.
+func (b *Backend) LastSyncFull() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.lastFull
+}
+
 // SkippedFullSyncs counts the requested full syncs that the ruleset
 // generation showed unnecessary.
 func (b *Backend) SkippedFullSyncs() uint64 {
@@ -127,6 +135,7 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 		}
 	}
 	b.verifyNext = false
+	b.lastFull = full
 	txs := b.txs
 	if full {
 		err = b.fullSync(s)
