@@ -29,8 +29,9 @@ import (
 // reads iptables-save once per family to adopt the chains already there
 // (a restarted svcproxy takes its chains over in place, without traffic
 // interruption), rewrites every chain, deletes the stale ones and any
-// extra or outdated jump to them from built-in chains, and re-checks the
-// built-in jumps: it repairs whatever others changed.
+// extra or outdated jump to them from built-in chains, and inserts the
+// built-in jumps iptables-save did not show, all in the same restores: it
+// repairs whatever others changed.
 //
 // A full sync also compares what iptables-save shows of svcproxy's chains
 // and jumps with what the previous successful sync committed (no extra
@@ -79,8 +80,7 @@ type Option func(*Backend)
 
 // WithNetNS makes the backend program the named network namespace
 // (/run/netns/NAME) instead of the caller's: iptables-restore and
-// iptables-save run through `ip netns exec NAME`, and go-iptables' commands
-// from a thread that entered the namespace.
+// iptables-save run through `ip netns exec NAME`.
 func WithNetNS(name string) Option { return func(b *Backend) { b.netns = name } }
 
 // WithMode forces the iptables variant. With ModeAuto (the default) the
@@ -145,8 +145,8 @@ func (b *Backend) setup(ctx context.Context) error {
 // Sync implements proxy.Backend. Errors surface from choosing the variant
 // (no usable iptables tools), from iptables-save (full syncs), from
 // iptables-restore (the failed table is unchanged; tables restored before
-// it in the same Sync keep their new rules) and from ensuring the built-in
-// jumps. After an error the next Sync is a full one.
+// it in the same Sync keep their new rules). After an error the next Sync
+// is a full one.
 func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -177,6 +177,7 @@ type tablePlan struct {
 	write   []*chain
 	stale   map[string]bool
 	deletes []string // "-D CHAIN spec" lines: jumps found in built-in chains that are not (or no longer) ours to keep
+	inserts []string // "-I CHAIN spec" lines: our jumps missing from built-in chains
 }
 
 func (b *Backend) sync(ctx context.Context, s *proxy.State, full bool) (map[proxy.Family]*committed, error) {
@@ -186,7 +187,7 @@ func (b *Backend) sync(ctx context.Context, s *proxy.State, full bool) (map[prox
 		if b.mem != nil {
 			old = b.mem[fs.Family]
 		}
-		c, plans, missing, err := b.plan(ctx, s, fs, old, full)
+		c, plans, err := b.plan(ctx, s, fs, old, full)
 		if err != nil {
 			return nil, err
 		}
@@ -202,17 +203,13 @@ func (b *Backend) sync(ctx context.Context, s *proxy.State, full bool) (map[prox
 				return nil, fmt.Errorf("%s table %s: %w", fs.Family, t, err)
 			}
 		}
-		if err := b.ensureJumps(fs.Family, missing); err != nil {
-			return nil, err
-		}
 	}
 	return newMem, nil
 }
 
-// plan computes what one family's restores must write, what the kernel
-// will hold afterwards, and (full syncs) which built-in jumps iptables-save
-// did not show. No plans: nothing changed.
-func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyState, old *committed, full bool) (*committed, map[string]*tablePlan, []jump, error) {
+// plan computes what one family's restores must write and what the kernel
+// will hold afterwards. No plans: nothing changed.
+func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyState, old *committed, full bool) (*committed, map[string]*tablePlan, error) {
 	f := familyFor(fs.Family)
 
 	// The services whose chains are rewritten or removed: all of them on a
@@ -222,7 +219,7 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 	var keys []proxy.Key
 	d := s.Diff(b.last, fs.Family)
 	if !full && d.Empty() {
-		return old, nil, nil, nil
+		return old, nil, nil
 	}
 	if full || d.GlobalChanged {
 		for _, sp := range fs.Services {
@@ -289,11 +286,10 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 	// Stale chains: on a full sync, ours that iptables-save lists and that
 	// are not written (the sync writes every wanted chain); otherwise the
 	// chains the services considered had and have no more.
-	var missing []jump
 	if full {
 		out, err := b.save(ctx, b.resolved, fs.Family)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: reading the rules to adopt: %w", fs.Family, err)
+			return nil, nil, fmt.Errorf("%s: reading the rules to adopt: %w", fs.Family, err)
 		}
 		l := parseSave(out)
 		if b.trusted && old != nil {
@@ -312,9 +308,13 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 				plans[t].deletes = foreignJumps(t, tl, present)
 			}
 		}
+		// The missing jumps are inserted by the same restore, after the
+		// chains they go to are written: inserting them with iptables -I
+		// afterwards would read and rewrite the whole (large) table once per
+		// jump with iptables-legacy.
 		for _, j := range jumps {
 			if !present[j] {
-				missing = append(missing, j)
+				plans[j.table].inserts = append(plans[j.table].inserts, "-I "+j.chain+" "+j.spec)
 			}
 		}
 	} else {
@@ -333,7 +333,7 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 			}
 		}
 	}
-	return c, plans, missing, nil
+	return c, plans, nil
 }
 
 // differs compares l, what iptables-save shows of svcproxy's part of one
@@ -434,8 +434,9 @@ func foreignJumps(table string, tl *tableListing, present map[jump]bool) []strin
 
 // payload is the iptables-restore --noflush input for one table: a ":"
 // line creates a chain or flushes it, so the chains written and the stale
-// ones are declared first; stale jumps are deleted, the rules appended, and
-// the stale chains, now unreferenced, deleted. Declarations are sorted:
+// ones are declared first; stale jumps are deleted, the rules appended, the
+// missing jumps from built-in chains inserted (at position 1, -I's
+// default), and the stale chains, now unreferenced, deleted. Declarations are sorted:
 // iptables-nft-restore keeps chains sorted by name, and declaring 20000 of
 // them in another order takes it seconds longer.
 func (p *tablePlan) payload(table string) string {
@@ -458,36 +459,14 @@ func (p *tablePlan) payload(table string) string {
 			b.WriteString("-A " + ch.name + " " + r + "\n")
 		}
 	}
+	for _, in := range p.inserts {
+		b.WriteString(in + "\n")
+	}
 	for _, n := range stale {
 		b.WriteString("-X " + n + "\n")
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
-}
-
-// ensureJumps inserts, at position 1, each of the jumps that is missing.
-// Full syncs pass those iptables-save did not show (checking every jump
-// with iptables -C would read a large table once per jump).
-func (b *Backend) ensureJumps(f proxy.Family, js []jump) error {
-	if len(js) == 0 {
-		return nil
-	}
-	ipt := b.ipt[f]
-	return b.inNetNS(func() error {
-		for _, j := range js {
-			ok, err := ipt.Exists(j.table, j.chain, j.args()...)
-			if err != nil {
-				return fmt.Errorf("%s: checking the jump from %s %s: %w", f, j.table, j.chain, err)
-			}
-			if ok {
-				continue
-			}
-			if err := ipt.Insert(j.table, j.chain, 1, j.args()...); err != nil {
-				return fmt.Errorf("%s: inserting the jump from %s %s: %w", f, j.table, j.chain, err)
-			}
-		}
-		return nil
-	})
 }
 
 // Cleanup implements proxy.Backend: it deletes the jumps to svcproxy's

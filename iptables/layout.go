@@ -152,8 +152,6 @@ type jump struct {
 	spec         string // the rule as iptables-save prints it; no quoting needed
 }
 
-func (j jump) args() []string { return strings.Fields(j.spec) }
-
 // jumps are the same in both families.
 var jumps = []jump{
 	{tableNAT, "PREROUTING", "-m comment --comment svcproxy -j " + chainServices},
