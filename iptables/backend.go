@@ -21,9 +21,10 @@ import (
 // same tables are left as they are.
 //
 // It keeps what it committed in memory and, after the first sync, writes
-// only the chains of the services that changed, plus the dispatch chains
-// (rewritten whole); chains no longer wanted are flushed and deleted in the
-// same restore. A table in which nothing changed is not restored at all. A
+// only the chains of the services that changed, plus those of the fixed
+// chains whose rules changed (a dispatch chain is then rewritten whole; a
+// change of endpoints only leaves the dispatch chains as they are); chains
+// no longer wanted are flushed and deleted in the same restore. A table in which nothing changed is not restored at all. A
 // regular sync never reads iptables-save. A full sync
 // (the first, the one after a failure, the one after RequestFullSync)
 // reads iptables-save once per family to adopt the chains already there
@@ -65,12 +66,10 @@ type Backend struct {
 }
 
 // committed is what the kernel holds for one family: the chains and
-// dispatch rules of each service port, and the text of the fixed chains of
-// each table.
+// dispatch rules of each service port, and the fixed chains.
 type committed struct {
 	frags map[proxy.Key]*fragment
-	fixed map[string]string
-	skel  []*chain // the fixed chains, whose text fixed holds per table
+	skel  []*chain
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -215,7 +214,7 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 	// The services whose chains are rewritten or removed: all of them on a
 	// full sync or when a setting they all embed changed, else those that
 	// changed.
-	c := &committed{frags: map[proxy.Key]*fragment{}, fixed: map[string]string{}}
+	c := &committed{frags: map[proxy.Key]*fragment{}}
 	var keys []proxy.Key
 	d := s.Diff(b.last, fs.Family)
 	if !full && d.Empty() {
@@ -249,7 +248,10 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 	slices.SortFunc(keys, proxy.Key.Compare)
 
 	// Chains to write: the fixed ones (the dispatch chains gather every
-	// service's rules), and those of the services considered.
+	// service's rules) that are new or changed, all of them on a full sync,
+	// and those of the services considered. A service whose endpoints
+	// changed keeps its dispatch rules: the dispatch chains, as long as the
+	// number of services, are then not rewritten.
 	ordered := make([]*fragment, len(fs.Services))
 	for i, sp := range fs.Services {
 		ordered[i] = c.frags[sp.Key]
@@ -265,21 +267,21 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 			wanted[ch.table+" "+ch.name] = true
 		}
 	}
-	fixed := skeleton(f, fs, ordered)
-	c.skel = fixed
-	for _, ch := range fixed {
-		c.fixed[ch.table] += ch.name + "\n" + strings.Join(ch.rules, "\n") + "\n"
+	c.skel = skeleton(f, fs, ordered)
+	before := map[string][]string{} // "table chain" → rules, of the fixed chains committed
+	if old != nil && !full {
+		for _, ch := range old.skel {
+			before[ch.table+" "+ch.name] = ch.rules
+		}
 	}
-	write(fixed)
-	touched := map[string]bool{} // tables with service chains to write or delete
+	for _, ch := range c.skel {
+		if rules, ok := before[ch.table+" "+ch.name]; !ok || !slices.Equal(rules, ch.rules) {
+			write([]*chain{ch})
+		}
+	}
 	for _, k := range keys {
 		if fr := c.frags[k]; fr != nil {
 			write(fr.chains)
-		}
-		for _, fr := range []*fragment{c.frags[k], old.fragment(k)} {
-			for _, ch := range fr.chainList() {
-				touched[ch.table] = true
-			}
 		}
 	}
 
@@ -325,10 +327,9 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 				}
 			}
 		}
-		// A table whose fixed chains are unchanged and where no service
-		// chain changed is not restored at all.
+		// A table with no chain to write or delete is not restored at all.
 		for _, t := range tables {
-			if !touched[t] && c.fixed[t] == old.fixed[t] {
+			if len(plans[t].write) == 0 && len(plans[t].stale) == 0 {
 				delete(plans, t)
 			}
 		}

@@ -108,23 +108,29 @@ func TestKernelListingEqualsRender(t *testing.T) {
 // Incremental syncs: A, then B (an endpoint added, a service removed, a
 // service added, affinity enabled, one service unchanged), then B again.
 func incrementalStates(t *testing.T, cfg func(*proxy.Config)) (a, b *proxy.State) {
+	return build(t, incrementalYAML(false), cfg), build(t, incrementalYAML(true), cfg)
+}
+
+// incrementalYAML is the manifests of state A, or of state B.
+func incrementalYAML(b bool) string {
 	common := svcYAML("steady", `spec: {clusterIP: 10.96.0.30, ports: [{name: http, port: 80}]}`) +
 		sliceYAML("steady", "IPv4", "http", "TCP", "b3")
-	a = build(t, common+
-		svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2")+
-		svcYAML("gone", `spec: {clusterIP: 10.96.0.31, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("gone", "IPv4", "http", "TCP", "b1")+
-		svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2"), cfg)
-	b = build(t, common+
-		svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2", "b3")+
-		svcYAML("fresh", `spec: {clusterIP: 10.96.0.32, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("fresh", "IPv4", "http", "TCP", "b2")+
-		svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, sessionAffinity: ClientIP, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2"), cfg)
-	return a, b
+	if !b {
+		return common +
+			svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`) +
+			sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2") +
+			svcYAML("gone", `spec: {clusterIP: 10.96.0.31, ports: [{name: http, port: 80}]}`) +
+			sliceYAML("gone", "IPv4", "http", "TCP", "b1") +
+			svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, ports: [{name: http, port: 80}]}`) +
+			sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2")
+	}
+	return common +
+		svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`) +
+		sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2", "b3") +
+		svcYAML("fresh", `spec: {clusterIP: 10.96.0.32, ports: [{name: http, port: 80}]}`) +
+		sliceYAML("fresh", "IPv4", "http", "TCP", "b2") +
+		svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, sessionAffinity: ClientIP, ports: [{name: http, port: 80}]}`) +
+		sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2")
 }
 
 // chainsOf returns the names of the chains of the IPv4 service t/name/tcp/http in s.
@@ -185,6 +191,20 @@ func TestIncrementalSync(t *testing.T) {
 		if len(b.payloads) != 0 {
 			t.Errorf("a sync without changes restored:\n%s", strings.Join(b.payloads, ""))
 		}
+
+		// An endpoint change leaves the dispatch chains as they are: only the
+		// service's own chains are written.
+		sc := build(t, strings.Replace(incrementalYAML(true), sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2", "b3"),
+			sliceYAML("web", "IPv4", "http", "TCP", "b2", "b3"), 1), nil)
+		syncAndCompare(t, ns, m, b, sc)
+		p := strings.Join(b.payloads, "")
+		if strings.Contains(p, ":"+chainServices+" ") || strings.Contains(p, ":"+chainNodePorts+" ") {
+			t.Errorf("an endpoint change rewrote a dispatch chain:\n%s", p)
+		}
+		if !strings.Contains(p, "-A "+chainsOf(sc, "web")[0]+" ") {
+			t.Errorf("an endpoint change did not rewrite the service's chains:\n%s", p)
+		}
+		syncAndCompare(t, ns, m, b, sb)
 
 		// A global change (no cluster CIDR any more) rewrites every
 		// service; then back to A.
