@@ -471,3 +471,78 @@ func TestDetectMode(t *testing.T) {
 		})
 	}
 }
+
+// TestStagedSync: when a sync writes many new chains, the nft variant
+// writes them first in staging restores of their own (see stageNew); the
+// rules end up as in one restore, on a cold sync and on one that adds a
+// service, and the staging restores hold only new service chains (and
+// SVCP-MARK-MASQ when it is new), nothing that leads to them.
+func TestStagedSync(t *testing.T) {
+	m := ModeNFT
+	requireMode(t, m)
+	ns := sandbox.New(t, "ipt")
+	b := New(WithNetNS(ns.Name), WithMode(m))
+	b.stageChains = 2
+	sa, sb := incrementalStates(t, nil)
+
+	// staged returns the staging payloads of the last sync: those that
+	// write only service chains.
+	staged := func() []string {
+		var out []string
+		for _, p := range b.payloads {
+			only := true
+			for _, l := range strings.Split(p, "\n") {
+				name, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(l, ":"), "-A "), " ")
+				if (strings.HasPrefix(l, ":") || strings.HasPrefix(l, "-A ")) && !isServiceChain(name) && name != chainMarkMasq ||
+					strings.HasPrefix(l, "-I ") || strings.HasPrefix(l, "-D ") || strings.HasPrefix(l, "-X ") {
+					only = false
+				}
+			}
+			if only {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+
+	syncAndCompare(t, ns, m, b, sa)
+	st := staged()
+	if len(st) < 2 || !strings.Contains(st[0], ":"+chainMarkMasq+" ") {
+		t.Fatalf("cold sync: %d staging restores, want several, the first with %s:\n%s", len(st), chainMarkMasq, strings.Join(b.payloads, "\n"))
+	}
+	for _, c := range chainsOf(sa, "web") {
+		n := 0
+		for _, p := range st {
+			n += strings.Count(p, ":"+c+" ")
+		}
+		if n != 1 {
+			t.Errorf("cold sync: chain %s declared by %d staging restores, want 1", c, n)
+		}
+	}
+
+	// B adds "fresh" (two new chains) and changes "web" and "sticky",
+	// whose chains exist: only fresh's are staged.
+	syncAndCompare(t, ns, m, b, sb)
+	st = staged()
+	if len(st) != 1 {
+		t.Fatalf("adding a service: %d staging restores, want 1:\n%s", len(st), strings.Join(b.payloads, "\n"))
+	}
+	for _, c := range chainsOf(sb, "fresh") {
+		if !strings.Contains(st[0], "-A "+c+" ") {
+			t.Errorf("new chain %s not staged:\n%s", c, st[0])
+		}
+	}
+	if strings.Contains(st[0], chainsOf(sb, "web")[len(chainsOf(sb, "web"))-1]+" ") {
+		t.Errorf("an existing chain was staged:\n%s", st[0])
+	}
+
+	// Legacy restores the whole table per restore: no staging there.
+	ns2 := sandbox.New(t, "ipt")
+	requireMode(t, ModeLegacy)
+	bl := New(WithNetNS(ns2.Name), WithMode(ModeLegacy))
+	bl.stageChains = 2
+	syncAndCompare(t, ns2, ModeLegacy, bl, sa)
+	if len(bl.payloads) != 4 {
+		t.Errorf("legacy: %d restores, want one per table and family", len(bl.payloads))
+	}
+}
