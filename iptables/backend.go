@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	goipt "github.com/coreos/go-iptables/iptables"
 	"k8s.io/klog/v2"
@@ -63,6 +64,10 @@ type Backend struct {
 	tampered []string
 	repairs  uint64
 	payloads []string // the restore payloads of the last Sync, for tests
+	// toolCPU is the CPU time (user + system) of the iptables tools run by
+	// the last Sync, for benchmarks: it varies less than wall time on a
+	// busy machine.
+	toolCPU time.Duration
 	// stageChains is the most new chains per staging restore (nft; see
 	// stageNew). Tests lower it.
 	stageChains int
@@ -159,7 +164,7 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 		return err
 	}
 	full := b.fullNext || b.last == nil || b.mem == nil
-	b.payloads = nil
+	b.payloads, b.toolCPU = nil, 0
 	mem, err := b.sync(ctx, s, full)
 	if err != nil {
 		b.fullNext, b.trusted = true, false

@@ -72,7 +72,11 @@ func (b *Backend) run(ctx context.Context, stdin string, name string, args ...st
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	if cmd.ProcessState != nil {
+		b.toolCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	if err != nil {
 		var msg []string // stderr on one line
 		for _, l := range strings.Split(errb.String(), "\n") {
 			if l = strings.TrimSpace(l); l != "" {
