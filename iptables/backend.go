@@ -16,24 +16,26 @@ import (
 
 // Backend programs a proxy.State as iptables rules, with iptables-restore
 // --noflush payloads: per sync, one restore per table (filter, then nat)
-// per family, each atomic. Only chains named SVCP-* and one jump per
-// built-in chain (nat PREROUTING, OUTPUT, POSTROUTING; filter INPUT,
-// FORWARD, OUTPUT) are ever written; other owners' chains and rules in the
-// same tables are left as they are.
+// per family, each atomic. With the nft variant, many new chains (a cold
+// sync) are first written by staging restores that nothing refers to yet
+// (see stageNew); the table's restore then switches to them at once. Only
+// chains named SVCP-* and one jump per built-in chain (nat PREROUTING,
+// OUTPUT, POSTROUTING; filter INPUT, FORWARD, OUTPUT) are ever written;
+// other owners' chains and rules in the same tables are left as they are.
 //
 // It keeps what it committed in memory and, after the first sync, writes
 // only the chains of the services that changed, plus those of the fixed
 // chains whose rules changed (a dispatch chain is then rewritten whole; a
-// change of endpoints only leaves the dispatch chains as they are); chains
-// no longer wanted are flushed and deleted in the same restore. A table in which nothing changed is not restored at all. A
-// regular sync never reads iptables-save. A full sync
-// (the first, the one after a failure, the one after RequestFullSync)
-// reads iptables-save once per family to adopt the chains already there
-// (a restarted svcproxy takes its chains over in place, without traffic
-// interruption), rewrites every chain, deletes the stale ones and any
-// extra or outdated jump to them from built-in chains, and inserts the
-// built-in jumps iptables-save did not show, all in the same restores: it
-// repairs whatever others changed.
+// change of endpoints leaves the dispatch chains as they are); chains no
+// longer wanted are flushed and deleted in the same restore. A table in
+// which nothing changed is not restored at all. A regular sync never reads
+// iptables-save. A full sync (the first, the one after a failure, the one
+// after RequestFullSync) reads iptables-save once per family to adopt the
+// chains already there (a restarted svcproxy takes its chains over in
+// place, without traffic interruption), rewrites every chain, deletes the
+// stale ones and any extra or outdated jump to them from built-in chains,
+// and inserts the built-in jumps iptables-save did not show, all in the
+// same restores: it repairs whatever others changed.
 //
 // A full sync also compares what iptables-save shows of svcproxy's chains
 // and jumps with what the previous successful sync committed (no extra
