@@ -294,6 +294,16 @@ func TestAdoptAfterRestart(t *testing.T) {
 		if len(wantDeleted) > 0 {
 			t.Errorf("adoption did not delete %v", wantDeleted)
 		}
+		// Chains already as wanted are not rewritten; changed ones are.
+		p := strings.Join(b.payloads, "")
+		for _, c := range chainsOf(sb, "steady") {
+			if strings.Contains(p, ":"+c+" ") {
+				t.Errorf("adoption rewrote chain %s of an unchanged service", c)
+			}
+		}
+		if c := chainsOf(sb, "fresh")[0]; !strings.Contains(p, "-A "+c+" ") {
+			t.Errorf("adoption did not write chain %s of a new service", c)
+		}
 	})
 }
 
