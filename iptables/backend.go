@@ -384,11 +384,12 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 		// A service's chain names derive from its key: the other services'
 		// chains cannot be among those written.
 		exists = func(t, n string) bool { return had[t+" "+n] }
-		// A table with no chain to write or delete is not restored at all.
-		for _, t := range tables {
-			if len(plans[t].write) == 0 && len(plans[t].stale) == 0 {
-				delete(plans, t)
-			}
+	}
+	// A table with nothing to write or delete is not restored at all (a
+	// legacy restore reads the whole table even then).
+	for _, t := range tables {
+		if p := plans[t]; len(p.write) == 0 && len(p.stale) == 0 && len(p.deletes) == 0 && len(p.inserts) == 0 {
+			delete(plans, t)
 		}
 	}
 	if b.resolved == ModeNFT {

@@ -87,3 +87,33 @@ func BenchmarkOneChangeSync(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRestartSync is the first sync of a new Backend (a restarted
+// svcproxy) on a node that already holds the same N services × 10
+// endpoints: a full sync that reads iptables-save and adopts the chains.
+func BenchmarkRestartSync(b *testing.B) {
+	for _, m := range modes {
+		sandbox.Require(b, command(m, proxy.IPv4, "-restore"))
+		for _, n := range benchScales {
+			b.Run(fmt.Sprintf("%s/services=%d", m, n), func(b *testing.B) {
+				st := proxy.Build(scale.Cluster(n, 10), scale.Config())
+				ns := sandbox.New(b, "bench")
+				if err := New(WithNetNS(ns.Name), WithMode(m)).Sync(context.Background(), st); err != nil {
+					b.Fatal(err)
+				}
+				var bytes int
+				var cpu time.Duration
+				for b.Loop() {
+					be := New(WithNetNS(ns.Name), WithMode(m))
+					if err := be.Sync(context.Background(), st); err != nil {
+						b.Fatal(err)
+					}
+					bytes = payloadBytes(be)
+					cpu += be.toolCPU
+				}
+				b.ReportMetric(float64(bytes), "payload-bytes/sync")
+				b.ReportMetric(cpu.Seconds()/float64(b.N), "tool-cpu-s/sync")
+			})
+		}
+	}
+}
