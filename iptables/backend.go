@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	goipt "github.com/coreos/go-iptables/iptables"
 	"k8s.io/klog/v2"
@@ -15,22 +16,27 @@ import (
 
 // Backend programs a proxy.State as iptables rules, with iptables-restore
 // --noflush payloads: per sync, one restore per table (filter, then nat)
-// per family, each atomic. Only chains named SVCP-* and one jump per
-// built-in chain (nat PREROUTING, OUTPUT, POSTROUTING; filter INPUT,
-// FORWARD, OUTPUT) are ever written; other owners' chains and rules in the
-// same tables are left as they are.
+// per family, each atomic. With the nft variant, many new chains (a cold
+// sync) are first written by staging restores that nothing refers to yet
+// (see stageNew); the table's restore then switches to them at once. Only
+// chains named SVCP-* and one jump per built-in chain (nat PREROUTING,
+// OUTPUT, POSTROUTING; filter INPUT, FORWARD, OUTPUT) are ever written;
+// other owners' chains and rules in the same tables are left as they are.
 //
 // It keeps what it committed in memory and, after the first sync, writes
-// only the chains of the services that changed, plus the dispatch chains
-// (rewritten whole); chains no longer wanted are flushed and deleted in the
-// same restore. A table in which nothing changed is not restored at all. A
-// regular sync never reads iptables-save. A full sync
-// (the first, the one after a failure, the one after RequestFullSync)
-// reads iptables-save once per family to adopt the chains already there
-// (a restarted svcproxy takes its chains over in place, without traffic
-// interruption), rewrites every chain, deletes the stale ones and any
-// extra or outdated jump to them from built-in chains, and re-checks the
-// built-in jumps: it repairs whatever others changed.
+// only the chains of the services that changed, plus those of the fixed
+// chains whose rules changed (a dispatch chain is then rewritten whole; a
+// change of endpoints leaves the dispatch chains as they are); chains no
+// longer wanted are flushed and deleted in the same restore. A table in
+// which nothing changed is not restored at all. A regular sync never reads
+// iptables-save. A full sync (the first, the one after a failure, the one
+// after RequestFullSync) reads iptables-save once per family to adopt the
+// chains already there (a restarted svcproxy takes its chains over in
+// place, without traffic interruption), rewrites every chain whose rules
+// differ from the wanted ones, deletes the stale ones and any extra or
+// outdated jump to them from built-in chains, and inserts the built-in
+// jumps iptables-save did not show, all in the same restores: it repairs
+// whatever others changed.
 //
 // A full sync also compares what iptables-save shows of svcproxy's chains
 // and jumps with what the previous successful sync committed (no extra
@@ -61,15 +67,20 @@ type Backend struct {
 	tampered []string
 	repairs  uint64
 	payloads []string // the restore payloads of the last Sync, for tests
+	// toolCPU is the CPU time (user + system) of the iptables tools run by
+	// the last Sync, for benchmarks: it varies less than wall time on a
+	// busy machine.
+	toolCPU time.Duration
+	// stageChains is the most new chains per staging restore (nft; see
+	// stageNew). Tests lower it.
+	stageChains int
 }
 
 // committed is what the kernel holds for one family: the chains and
-// dispatch rules of each service port, and the text of the fixed chains of
-// each table.
+// dispatch rules of each service port, and the fixed chains.
 type committed struct {
 	frags map[proxy.Key]*fragment
-	fixed map[string]string
-	skel  []*chain // the fixed chains, whose text fixed holds per table
+	skel  []*chain
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -79,8 +90,7 @@ type Option func(*Backend)
 
 // WithNetNS makes the backend program the named network namespace
 // (/run/netns/NAME) instead of the caller's: iptables-restore and
-// iptables-save run through `ip netns exec NAME`, and go-iptables' commands
-// from a thread that entered the namespace.
+// iptables-save run through `ip netns exec NAME`.
 func WithNetNS(name string) Option { return func(b *Backend) { b.netns = name } }
 
 // WithMode forces the iptables variant. With ModeAuto (the default) the
@@ -91,7 +101,7 @@ func WithMode(m Mode) Option { return func(b *Backend) { b.mode = m } }
 
 // New returns a Backend. Nothing runs until Sync or Cleanup.
 func New(opts ...Option) *Backend {
-	b := &Backend{fullNext: true}
+	b := &Backend{fullNext: true, stageChains: defaultStageChains}
 	for _, o := range opts {
 		o(b)
 	}
@@ -145,8 +155,8 @@ func (b *Backend) setup(ctx context.Context) error {
 // Sync implements proxy.Backend. Errors surface from choosing the variant
 // (no usable iptables tools), from iptables-save (full syncs), from
 // iptables-restore (the failed table is unchanged; tables restored before
-// it in the same Sync keep their new rules) and from ensuring the built-in
-// jumps. After an error the next Sync is a full one.
+// it in the same Sync keep their new rules). After an error the next Sync
+// is a full one.
 func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -157,7 +167,7 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 		return err
 	}
 	full := b.fullNext || b.last == nil || b.mem == nil
-	b.payloads = nil
+	b.payloads, b.toolCPU = nil, 0
 	mem, err := b.sync(ctx, s, full)
 	if err != nil {
 		b.fullNext, b.trusted = true, false
@@ -174,9 +184,11 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 
 // tablePlan is one table's part of a sync.
 type tablePlan struct {
-	write   []*chain
+	write   [][]*chain // in groups that refer to one another: a service's chains in the table, or one fixed chain
+	stage   [][]*chain // new chains written by restores of their own, before the table's (nft; see stage)
 	stale   map[string]bool
 	deletes []string // "-D CHAIN spec" lines: jumps found in built-in chains that are not (or no longer) ours to keep
+	inserts []string // "-I CHAIN spec" lines: our jumps missing from built-in chains
 }
 
 func (b *Backend) sync(ctx context.Context, s *proxy.State, full bool) (map[proxy.Family]*committed, error) {
@@ -186,7 +198,7 @@ func (b *Backend) sync(ctx context.Context, s *proxy.State, full bool) (map[prox
 		if b.mem != nil {
 			old = b.mem[fs.Family]
 		}
-		c, plans, missing, err := b.plan(ctx, s, fs, old, full)
+		c, plans, err := b.plan(ctx, s, fs, old, full)
 		if err != nil {
 			return nil, err
 		}
@@ -196,33 +208,35 @@ func (b *Backend) sync(ctx context.Context, s *proxy.State, full bool) (map[prox
 			if p == nil {
 				continue
 			}
-			payload := p.payload(t)
-			b.payloads = append(b.payloads, payload)
-			if err := b.restore(ctx, b.resolved, fs.Family, payload); err != nil {
-				return nil, fmt.Errorf("%s table %s: %w", fs.Family, t, err)
+			payloads := make([]string, 0, len(p.stage)+1)
+			for _, chs := range p.stage {
+				payloads = append(payloads, (&tablePlan{write: [][]*chain{chs}}).payload(t))
 			}
-		}
-		if err := b.ensureJumps(fs.Family, missing); err != nil {
-			return nil, err
+			payloads = append(payloads, p.payload(t))
+			for _, payload := range payloads {
+				b.payloads = append(b.payloads, payload)
+				if err := b.restore(ctx, b.resolved, fs.Family, payload); err != nil {
+					return nil, fmt.Errorf("%s table %s: %w", fs.Family, t, err)
+				}
+			}
 		}
 	}
 	return newMem, nil
 }
 
-// plan computes what one family's restores must write, what the kernel
-// will hold afterwards, and (full syncs) which built-in jumps iptables-save
-// did not show. No plans: nothing changed.
-func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyState, old *committed, full bool) (*committed, map[string]*tablePlan, []jump, error) {
+// plan computes what one family's restores must write and what the kernel
+// will hold afterwards. No plans: nothing changed.
+func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyState, old *committed, full bool) (*committed, map[string]*tablePlan, error) {
 	f := familyFor(fs.Family)
 
 	// The services whose chains are rewritten or removed: all of them on a
 	// full sync or when a setting they all embed changed, else those that
 	// changed.
-	c := &committed{frags: map[proxy.Key]*fragment{}, fixed: map[string]string{}}
+	c := &committed{frags: map[proxy.Key]*fragment{}}
 	var keys []proxy.Key
 	d := s.Diff(b.last, fs.Family)
 	if !full && d.Empty() {
-		return old, nil, nil, nil
+		return old, nil, nil
 	}
 	if full || d.GlobalChanged {
 		for _, sp := range fs.Services {
@@ -252,7 +266,10 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 	slices.SortFunc(keys, proxy.Key.Compare)
 
 	// Chains to write: the fixed ones (the dispatch chains gather every
-	// service's rules), and those of the services considered.
+	// service's rules) that are new or changed, all of them on a full sync,
+	// and those of the services considered. A service whose endpoints
+	// changed keeps its dispatch rules: the dispatch chains, as long as the
+	// number of services, are then not rewritten.
 	ordered := make([]*fragment, len(fs.Services))
 	for i, sp := range fs.Services {
 		ordered[i] = c.frags[sp.Key]
@@ -263,43 +280,73 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 		plans[t] = &tablePlan{stale: map[string]bool{}}
 	}
 	write := func(chs []*chain) {
+		group := map[string][]*chain{}
 		for _, ch := range chs {
-			plans[ch.table].write = append(plans[ch.table].write, ch)
+			group[ch.table] = append(group[ch.table], ch)
 			wanted[ch.table+" "+ch.name] = true
 		}
+		for _, t := range tables {
+			if len(group[t]) > 0 {
+				plans[t].write = append(plans[t].write, group[t])
+			}
+		}
 	}
-	fixed := skeleton(f, fs, ordered)
-	c.skel = fixed
-	for _, ch := range fixed {
-		c.fixed[ch.table] += ch.name + "\n" + strings.Join(ch.rules, "\n") + "\n"
+	c.skel = skeleton(f, fs, ordered)
+	before := map[string][]string{} // "table chain" → rules, of the fixed chains committed
+	if old != nil && !full {
+		for _, ch := range old.skel {
+			before[ch.table+" "+ch.name] = ch.rules
+		}
 	}
-	write(fixed)
-	touched := map[string]bool{} // tables with service chains to write or delete
+	for _, ch := range c.skel {
+		if rules, ok := before[ch.table+" "+ch.name]; !ok || !slices.Equal(rules, ch.rules) {
+			write([]*chain{ch})
+		}
+	}
 	for _, k := range keys {
 		if fr := c.frags[k]; fr != nil {
 			write(fr.chains)
-		}
-		for _, fr := range []*fragment{c.frags[k], old.fragment(k)} {
-			for _, ch := range fr.chainList() {
-				touched[ch.table] = true
-			}
 		}
 	}
 
 	// Stale chains: on a full sync, ours that iptables-save lists and that
 	// are not written (the sync writes every wanted chain); otherwise the
 	// chains the services considered had and have no more.
-	var missing []jump
+	var exists func(table, name string) bool // whether the kernel holds the chain before the sync
 	if full {
 		out, err := b.save(ctx, b.resolved, fs.Family)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: reading the rules to adopt: %w", fs.Family, err)
+			return nil, nil, fmt.Errorf("%s: reading the rules to adopt: %w", fs.Family, err)
 		}
 		l := parseSave(out)
+		exists = func(t, n string) bool { return l[t] != nil && l[t].chains[n] }
 		if b.trusted && old != nil {
 			if what := old.differs(l); what != "" {
 				b.tampered = append(b.tampered, fs.Family.String()+" "+what)
 			}
+		}
+		// Chains the kernel already holds exactly as wanted are not
+		// rewritten: after a restart, a full sync writes only what changed
+		// meanwhile (rewriting the 111k chains of 10k services in place
+		// takes iptables-nft-restore minutes; see stageNew).
+		for _, t := range tables {
+			tl := l[t]
+			if tl == nil {
+				continue
+			}
+			var write [][]*chain
+			for _, g := range plans[t].write {
+				var changed []*chain
+				for _, ch := range g {
+					if !tl.chains[ch.name] || !slices.Equal(tl.rules[ch.name], ch.rules) {
+						changed = append(changed, ch)
+					}
+				}
+				if len(changed) > 0 {
+					write = append(write, changed)
+				}
+			}
+			plans[t].write = write
 		}
 		present := map[jump]bool{}
 		for _, t := range tables {
@@ -312,28 +359,117 @@ func (b *Backend) plan(ctx context.Context, s *proxy.State, fs *proxy.FamilyStat
 				plans[t].deletes = foreignJumps(t, tl, present)
 			}
 		}
+		// The missing jumps are inserted by the same restore, after the
+		// chains they go to are written: inserting them with iptables -I
+		// afterwards would read and rewrite the whole (large) table once per
+		// jump with iptables-legacy.
 		for _, j := range jumps {
 			if !present[j] {
-				missing = append(missing, j)
+				plans[j.table].inserts = append(plans[j.table].inserts, "-I "+j.chain+" "+j.spec)
 			}
 		}
 	} else {
+		had := map[string]bool{} // "table chain", of the fixed chains and the chains of the services considered
+		for _, ch := range old.skel {
+			had[ch.table+" "+ch.name] = true
+		}
 		for _, k := range keys {
 			for _, ch := range old.fragment(k).chainList() {
+				had[ch.table+" "+ch.name] = true
 				if !wanted[ch.table+" "+ch.name] {
 					plans[ch.table].stale[ch.name] = true
 				}
 			}
 		}
-		// A table whose fixed chains are unchanged and where no service
-		// chain changed is not restored at all.
-		for _, t := range tables {
-			if !touched[t] && c.fixed[t] == old.fixed[t] {
-				delete(plans, t)
-			}
+		// A service's chain names derive from its key: the other services'
+		// chains cannot be among those written.
+		exists = func(t, n string) bool { return had[t+" "+n] }
+	}
+	// A table with nothing to write or delete is not restored at all (a
+	// legacy restore reads the whole table even then).
+	for _, t := range tables {
+		if p := plans[t]; len(p.write) == 0 && len(p.stale) == 0 && len(p.deletes) == 0 && len(p.inserts) == 0 {
+			delete(plans, t)
 		}
 	}
-	return c, plans, missing, nil
+	if b.resolved == ModeNFT {
+		for t, p := range plans {
+			p.stageNew(func(n string) bool { return !exists(t, n) }, b.stageChains)
+		}
+	}
+	return c, plans, nil
+}
+
+// defaultStageChains is the most new chains an iptables-nft-restore
+// staging payload declares (see stageNew); 1000–2000 was fastest at 10k
+// services, 5000 half as fast again, 20000 twice as slow.
+const defaultStageChains = 1500
+
+// stageNew moves the new chains to write, when there are many, into
+// staging restores of about limit chains each, run before the
+// table's main restore. iptables-nft-restore (1.8.9) keeps every chain name
+// a payload mentions in a sorted list that it walks from the front, and
+// finds chains in hash tables of 512 buckets: its time is quadratic in the
+// chains of one payload (a cold sync of 10k services, 111k chains, took
+// 170 s as one restore, 8 s in staging restores). Nothing refers to a new
+// chain until the main restore writes the dispatch rules and jumps that
+// lead to it, so packets still see one switch; after a failure the next,
+// full, sync adopts or deletes the staged chains. The chains of one
+// service go to the same restore (they refer to one another), after
+// SVCP-MARK-MASQ when that is new too (they jump to it).
+func (p *tablePlan) stageNew(isNew func(name string) bool, limit int) {
+	staged := func(g []*chain) bool { // a new service's chains
+		if !isServiceChain(g[0].name) {
+			return false
+		}
+		for _, ch := range g {
+			if !isNew(ch.name) {
+				return false
+			}
+		}
+		return true
+	}
+	n := 0
+	for _, g := range p.write {
+		if staged(g) {
+			n += len(g)
+		}
+	}
+	if n < limit {
+		return
+	}
+	var rest, stage [][]*chain
+	var chunk, markMasq []*chain
+	for _, g := range p.write {
+		switch {
+		case g[0].name == chainMarkMasq && isNew(chainMarkMasq):
+			markMasq = g
+		case staged(g):
+			chunk = append(chunk, g...)
+			if len(chunk) >= limit {
+				stage, chunk = append(stage, chunk), nil
+			}
+		default:
+			rest = append(rest, g)
+		}
+	}
+	if len(chunk) > 0 {
+		stage = append(stage, chunk)
+	}
+	if markMasq != nil {
+		stage[0] = append(markMasq, stage[0]...)
+	}
+	p.write, p.stage = rest, stage
+}
+
+// isServiceChain reports whether name is one of a service's chains.
+func isServiceChain(name string) bool {
+	for _, prefix := range []string{prefixSVC, prefixSVL, prefixEXT, prefixFW, prefixSEP} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // differs compares l, what iptables-save shows of svcproxy's part of one
@@ -434,60 +570,53 @@ func foreignJumps(table string, tl *tableListing, present map[jump]bool) []strin
 
 // payload is the iptables-restore --noflush input for one table: a ":"
 // line creates a chain or flushes it, so the chains written and the stale
-// ones are declared first; stale jumps are deleted, the rules appended, and
-// the stale chains, now unreferenced, deleted. Declarations are sorted:
-// iptables-nft-restore keeps chains sorted by name, and declaring 20000 of
-// them in another order takes it seconds longer.
+// ones are declared first; stale jumps are deleted, the rules appended, the
+// missing jumps from built-in chains inserted (at position 1, -I's
+// default), and the stale chains, now unreferenced, deleted.
+//
+// Declarations come in descending name order: both variants keep the names
+// in a sorted linked list that they search from the start (libiptc from
+// its last chain index entry), so each new name declared is found to
+// belong at the front. In ascending order every declaration walks the
+// whole list (quadratic: at 10k services, 111k chains, a second of the
+// legacy restore, more with nft). The rules follow in the same chain
+// order, which the legacy restore processes some 10 % faster than in
+// service order (memory locality, it seems; measured, not derived).
 func (p *tablePlan) payload(table string) string {
 	var b strings.Builder
 	b.WriteString("*" + table + "\n")
 	stale := sortedKeys(p.stale)
-	declared := slices.Clone(stale)
-	for _, ch := range p.write {
+	var chains []*chain
+	for _, g := range p.write {
+		chains = append(chains, g...)
+	}
+	slices.SortFunc(chains, func(x, y *chain) int { return strings.Compare(y.name, x.name) })
+	declared := make([]string, 0, len(stale)+len(chains))
+	for _, ch := range chains {
 		declared = append(declared, ch.name)
 	}
+	declared = append(declared, stale...)
 	slices.Sort(declared)
+	slices.Reverse(declared)
 	for _, n := range declared {
 		b.WriteString(":" + n + " - [0:0]\n")
 	}
 	for _, d := range p.deletes {
 		b.WriteString(d + "\n")
 	}
-	for _, ch := range p.write {
+	for _, ch := range chains {
 		for _, r := range ch.rules {
 			b.WriteString("-A " + ch.name + " " + r + "\n")
 		}
+	}
+	for _, in := range p.inserts {
+		b.WriteString(in + "\n")
 	}
 	for _, n := range stale {
 		b.WriteString("-X " + n + "\n")
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
-}
-
-// ensureJumps inserts, at position 1, each of the jumps that is missing.
-// Full syncs pass those iptables-save did not show (checking every jump
-// with iptables -C would read a large table once per jump).
-func (b *Backend) ensureJumps(f proxy.Family, js []jump) error {
-	if len(js) == 0 {
-		return nil
-	}
-	ipt := b.ipt[f]
-	return b.inNetNS(func() error {
-		for _, j := range js {
-			ok, err := ipt.Exists(j.table, j.chain, j.args()...)
-			if err != nil {
-				return fmt.Errorf("%s: checking the jump from %s %s: %w", f, j.table, j.chain, err)
-			}
-			if ok {
-				continue
-			}
-			if err := ipt.Insert(j.table, j.chain, 1, j.args()...); err != nil {
-				return fmt.Errorf("%s: inserting the jump from %s %s: %w", f, j.table, j.chain, err)
-			}
-		}
-		return nil
-	})
 }
 
 // Cleanup implements proxy.Backend: it deletes the jumps to svcproxy's

@@ -5,14 +5,11 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 
 	goipt "github.com/coreos/go-iptables/iptables"
-	"golang.org/x/sys/unix"
 
 	"github.com/svcproxy/svcproxy/proxy"
 )
@@ -75,7 +72,11 @@ func (b *Backend) run(ctx context.Context, stdin string, name string, args ...st
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	if cmd.ProcessState != nil {
+		b.toolCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	if err != nil {
 		var msg []string // stderr on one line
 		for _, l := range strings.Split(errb.String(), "\n") {
 			if l = strings.TrimSpace(l); l != "" {
@@ -107,34 +108,6 @@ func (b *Backend) restore(ctx context.Context, m Mode, f proxy.Family, payload s
 
 func (b *Backend) save(ctx context.Context, m Mode, f proxy.Family) (string, error) {
 	return b.run(ctx, "", command(m, f, "-save"))
-}
-
-// inNetNS runs fn on an OS thread that has entered the backend's network
-// namespace, so that the commands go-iptables starts run there too (go-iptables
-// executes its binary directly and cannot be told to prefix `ip netns exec`).
-func (b *Backend) inNetNS(fn func() error) error {
-	if b.netns == "" {
-		return fn()
-	}
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is never unlocked: it exits with the goroutine instead
-		// of returning to the pool in the wrong namespace.
-		runtime.LockOSThread()
-		fd, err := unix.Open(filepath.Join("/run/netns", b.netns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("network namespace %s: %w", b.netns, err)
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("entering network namespace %s: %w", b.netns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }
 
 // probe returns go-iptables handles for both families of mode m, or an

@@ -108,23 +108,29 @@ func TestKernelListingEqualsRender(t *testing.T) {
 // Incremental syncs: A, then B (an endpoint added, a service removed, a
 // service added, affinity enabled, one service unchanged), then B again.
 func incrementalStates(t *testing.T, cfg func(*proxy.Config)) (a, b *proxy.State) {
+	return build(t, incrementalYAML(false), cfg), build(t, incrementalYAML(true), cfg)
+}
+
+// incrementalYAML is the manifests of state A, or of state B.
+func incrementalYAML(b bool) string {
 	common := svcYAML("steady", `spec: {clusterIP: 10.96.0.30, ports: [{name: http, port: 80}]}`) +
 		sliceYAML("steady", "IPv4", "http", "TCP", "b3")
-	a = build(t, common+
-		svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2")+
-		svcYAML("gone", `spec: {clusterIP: 10.96.0.31, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("gone", "IPv4", "http", "TCP", "b1")+
-		svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2"), cfg)
-	b = build(t, common+
-		svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2", "b3")+
-		svcYAML("fresh", `spec: {clusterIP: 10.96.0.32, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("fresh", "IPv4", "http", "TCP", "b2")+
-		svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, sessionAffinity: ClientIP, ports: [{name: http, port: 80}]}`)+
-		sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2"), cfg)
-	return a, b
+	if !b {
+		return common +
+			svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`) +
+			sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2") +
+			svcYAML("gone", `spec: {clusterIP: 10.96.0.31, ports: [{name: http, port: 80}]}`) +
+			sliceYAML("gone", "IPv4", "http", "TCP", "b1") +
+			svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, ports: [{name: http, port: 80}]}`) +
+			sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2")
+	}
+	return common +
+		svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`) +
+		sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2", "b3") +
+		svcYAML("fresh", `spec: {clusterIP: 10.96.0.32, ports: [{name: http, port: 80}]}`) +
+		sliceYAML("fresh", "IPv4", "http", "TCP", "b2") +
+		svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, sessionAffinity: ClientIP, ports: [{name: http, port: 80}]}`) +
+		sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2")
 }
 
 // chainsOf returns the names of the chains of the IPv4 service t/name/tcp/http in s.
@@ -185,6 +191,20 @@ func TestIncrementalSync(t *testing.T) {
 		if len(b.payloads) != 0 {
 			t.Errorf("a sync without changes restored:\n%s", strings.Join(b.payloads, ""))
 		}
+
+		// An endpoint change leaves the dispatch chains as they are: only the
+		// service's own chains are written.
+		sc := build(t, strings.Replace(incrementalYAML(true), sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2", "b3"),
+			sliceYAML("web", "IPv4", "http", "TCP", "b2", "b3"), 1), nil)
+		syncAndCompare(t, ns, m, b, sc)
+		p := strings.Join(b.payloads, "")
+		if strings.Contains(p, ":"+chainServices+" ") || strings.Contains(p, ":"+chainNodePorts+" ") {
+			t.Errorf("an endpoint change rewrote a dispatch chain:\n%s", p)
+		}
+		if !strings.Contains(p, "-A "+chainsOf(sc, "web")[0]+" ") {
+			t.Errorf("an endpoint change did not rewrite the service's chains:\n%s", p)
+		}
+		syncAndCompare(t, ns, m, b, sb)
 
 		// A global change (no cluster CIDR any more) rewrites every
 		// service; then back to A.
@@ -273,6 +293,16 @@ func TestAdoptAfterRestart(t *testing.T) {
 		}
 		if len(wantDeleted) > 0 {
 			t.Errorf("adoption did not delete %v", wantDeleted)
+		}
+		// Chains already as wanted are not rewritten; changed ones are.
+		p := strings.Join(b.payloads, "")
+		for _, c := range chainsOf(sb, "steady") {
+			if strings.Contains(p, ":"+c+" ") {
+				t.Errorf("adoption rewrote chain %s of an unchanged service", c)
+			}
+		}
+		if c := chainsOf(sb, "fresh")[0]; !strings.Contains(p, "-A "+c+" ") {
+			t.Errorf("adoption did not write chain %s of a new service", c)
 		}
 	})
 }
@@ -449,5 +479,80 @@ func TestDetectMode(t *testing.T) {
 				t.Errorf("the %s variant got rules:\n%s", other, l)
 			}
 		})
+	}
+}
+
+// TestStagedSync: when a sync writes many new chains, the nft variant
+// writes them first in staging restores of their own (see stageNew); the
+// rules end up as in one restore, on a cold sync and on one that adds a
+// service, and the staging restores hold only new service chains (and
+// SVCP-MARK-MASQ when it is new), nothing that leads to them.
+func TestStagedSync(t *testing.T) {
+	m := ModeNFT
+	requireMode(t, m)
+	ns := sandbox.New(t, "ipt")
+	b := New(WithNetNS(ns.Name), WithMode(m))
+	b.stageChains = 2
+	sa, sb := incrementalStates(t, nil)
+
+	// staged returns the staging payloads of the last sync: those that
+	// write only service chains.
+	staged := func() []string {
+		var out []string
+		for _, p := range b.payloads {
+			only := true
+			for _, l := range strings.Split(p, "\n") {
+				name, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(l, ":"), "-A "), " ")
+				if (strings.HasPrefix(l, ":") || strings.HasPrefix(l, "-A ")) && !isServiceChain(name) && name != chainMarkMasq ||
+					strings.HasPrefix(l, "-I ") || strings.HasPrefix(l, "-D ") || strings.HasPrefix(l, "-X ") {
+					only = false
+				}
+			}
+			if only {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+
+	syncAndCompare(t, ns, m, b, sa)
+	st := staged()
+	if len(st) < 2 || !strings.Contains(st[0], ":"+chainMarkMasq+" ") {
+		t.Fatalf("cold sync: %d staging restores, want several, the first with %s:\n%s", len(st), chainMarkMasq, strings.Join(b.payloads, "\n"))
+	}
+	for _, c := range chainsOf(sa, "web") {
+		n := 0
+		for _, p := range st {
+			n += strings.Count(p, ":"+c+" ")
+		}
+		if n != 1 {
+			t.Errorf("cold sync: chain %s declared by %d staging restores, want 1", c, n)
+		}
+	}
+
+	// B adds "fresh" (two new chains) and changes "web" and "sticky",
+	// whose chains exist: only fresh's are staged.
+	syncAndCompare(t, ns, m, b, sb)
+	st = staged()
+	if len(st) != 1 {
+		t.Fatalf("adding a service: %d staging restores, want 1:\n%s", len(st), strings.Join(b.payloads, "\n"))
+	}
+	for _, c := range chainsOf(sb, "fresh") {
+		if !strings.Contains(st[0], "-A "+c+" ") {
+			t.Errorf("new chain %s not staged:\n%s", c, st[0])
+		}
+	}
+	if strings.Contains(st[0], chainsOf(sb, "web")[len(chainsOf(sb, "web"))-1]+" ") {
+		t.Errorf("an existing chain was staged:\n%s", st[0])
+	}
+
+	// Legacy restores the whole table per restore: no staging there.
+	ns2 := sandbox.New(t, "ipt")
+	requireMode(t, ModeLegacy)
+	bl := New(WithNetNS(ns2.Name), WithMode(ModeLegacy))
+	bl.stageChains = 2
+	syncAndCompare(t, ns2, ModeLegacy, bl, sa)
+	if len(bl.payloads) != 4 {
+		t.Errorf("legacy: %d restores, want one per table and family", len(bl.payloads))
 	}
 }

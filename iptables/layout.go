@@ -152,8 +152,6 @@ type jump struct {
 	spec         string // the rule as iptables-save prints it; no quoting needed
 }
 
-func (j jump) args() []string { return strings.Fields(j.spec) }
-
 // jumps are the same in both families.
 var jumps = []jump{
 	{tableNAT, "PREROUTING", "-m comment --comment svcproxy -j " + chainServices},
@@ -319,16 +317,21 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 	proto := sp.Key.Protocol
 	hash := hashName("", key)
 
-	// Endpoint chains, one per endpoint either policy uses.
+	// Endpoint chains, one per endpoint either policy uses. They and the
+	// rules choosing them carry no comment, as in kube-proxy's large-cluster
+	// mode: they are nearly all the rules, and a comment is a match of its
+	// own (a 256-byte one in the legacy table blob, which every sync
+	// rewrites; an xt compat expression in nft), a third of the time of a
+	// restore. The service's key is in the dispatch rules that lead here.
 	sep := map[netip.AddrPort]string{}
 	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
 		ap := netip.AddrPortFrom(ep.IP, ep.Port)
 		name := endpointChain(key, ap)
-		rules := []string{rule{src: hostString(ep.IP), comment: cm, target: "-j " + chainMarkMasq}.String()}
+		rules := []string{rule{src: hostString(ep.IP), target: "-j " + chainMarkMasq}.String()}
 		if sp.AffinitySeconds > 0 {
-			rules = append(rules, rule{comment: cm, match: "-m recent --set --name " + name + " --mask " + f.recentMask + " --rsource"}.String())
+			rules = append(rules, rule{match: "-m recent --set --name " + name + " --mask " + f.recentMask + " --rsource"}.String())
 		}
-		rules = append(rules, rule{proto: proto, comment: cm, target: "-j DNAT --to-destination " + addrPortString(ap)}.String())
+		rules = append(rules, rule{proto: proto, target: "-j DNAT --to-destination " + addrPortString(ap)}.String())
 		sep[ap] = fr.add(tableNAT, name, rules)
 	}
 
@@ -346,13 +349,13 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		if sp.AffinitySeconds > 0 {
 			for _, ep := range eps {
 				c := sep[netip.AddrPortFrom(ep.IP, ep.Port)]
-				rules = append(rules, rule{comment: cm,
+				rules = append(rules, rule{
 					match:  fmt.Sprintf("-m recent --rcheck --seconds %d --reap --name %s --mask %s --rsource", sp.AffinitySeconds, c, f.recentMask),
 					target: "-j " + c}.String())
 			}
 		}
 		for i, ep := range eps {
-			r := rule{comment: cm, target: "-j " + sep[netip.AddrPortFrom(ep.IP, ep.Port)]}
+			r := rule{target: "-j " + sep[netip.AddrPortFrom(ep.IP, ep.Port)]}
 			if i < len(eps)-1 {
 				r.match = "-m statistic --mode random --probability " + probability(len(eps)-i)
 			}
