@@ -12,6 +12,8 @@ package controller
 import (
 	"context"
 	"errors"
+	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -70,6 +72,9 @@ type Controller struct {
 	// builder rebuilds only the Services whose objects changed.
 	builder  proxy.Builder
 	triggers []time.Time // changes not yet programmed, by start time
+
+	releasing atomic.Bool // releaseMemory is running
+	freeOS    func()      // debug.FreeOSMemory; tests replace it
 }
 
 // Run syncs until ctx ends. It returns ctx's error, or the source's error
@@ -198,7 +203,28 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	}
 	c.triggers = nil
 	c.reportProblems(st.Problems)
+	if full {
+		c.releaseMemory()
+	}
 	return nil
+}
+
+// releaseMemory returns the memory a full sync used for a moment (the
+// whole rule set built and sent at once) to the operating system, in the
+// background, instead of leaving it to the runtime's slow scavenger: the
+// node gets it back at once. What stays is what the daemon retains.
+func (c *Controller) releaseMemory() {
+	if !c.releasing.CompareAndSwap(false, true) {
+		return // the previous release is still running
+	}
+	free := c.freeOS
+	if free == nil {
+		free = debug.FreeOSMemory
+	}
+	go func() {
+		defer c.releasing.Store(false)
+		free()
+	}()
 }
 
 func (c *Controller) reportProblems(ps []proxy.Problem) {

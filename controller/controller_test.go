@@ -175,6 +175,40 @@ func TestPeriodicFullSync(t *testing.T) {
 	waitFor(t, "three full syncs", func() bool { _, _, f := be.snapshot(); return f >= 3 })
 }
 
+// The memory of a full sync goes back to the OS after it; partial syncs
+// (small) leave it to the runtime.
+func TestFullSyncsReleaseMemory(t *testing.T) {
+	src, be := newFakeSource(), &recordingBackend{}
+	var mu sync.Mutex
+	releases := 0
+	released := func() int { mu.Lock(); defer mu.Unlock(); return releases }
+	c := &Controller{Source: src, Backend: be, SyncPeriod: time.Hour,
+		freeOS: func() { mu.Lock(); releases++; mu.Unlock() }}
+	ctx := context.Background()
+	sync := func(full bool) {
+		t.Helper()
+		if err := c.sync(ctx, full); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idle := func() bool { return !c.releasing.Load() }
+	sync(true)
+	waitFor(t, "the full sync's release", func() bool { return released() == 1 && idle() })
+	for i := range 5 {
+		src.setServices(i + 1)
+		sync(false)
+		waitFor(t, "no release running", idle) // one started by the sync has finished
+	}
+	if got := released(); got != 1 {
+		t.Errorf("%d releases after one full and five partial syncs, want 1", got)
+	}
+	sync(true)
+	waitFor(t, "the second full sync's release", func() bool { return released() >= 2 && idle() })
+	if got := released(); got != 2 {
+		t.Errorf("%d releases after two full and five partial syncs, want 2", got)
+	}
+}
+
 func TestProblemsAreReportedOnceWhileTheyLast(t *testing.T) {
 	src, be := newFakeSource(), &recordingBackend{}
 	close(src.synced)
