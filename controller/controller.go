@@ -42,6 +42,10 @@ type TriggerTimer interface{ DrainTriggerTimes() []time.Time }
 // everything at their next sync.
 type FullSyncer interface{ RequestFullSync() }
 
+// FullSyncSkipper is implemented by backends that may find a requested
+// full sync unnecessary and sync incrementally instead; they count those.
+type FullSyncSkipper interface{ SkippedFullSyncs() uint64 }
+
 // Hooks are optional observers of the sync loop.
 type Hooks struct {
 	// Queued is called when a change is waiting to be programmed.
@@ -181,6 +185,11 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	if fs, ok := c.Backend.(FullSyncer); ok && full {
 		fs.RequestFullSync()
 	}
+	skipper, _ := c.Backend.(FullSyncSkipper)
+	var skipped uint64
+	if skipper != nil {
+		skipped = skipper.SkippedFullSyncs()
+	}
 	err := c.Backend.Sync(ctx, st)
 	if c.Metrics != nil {
 		c.Metrics.synced(full, time.Since(start), err)
@@ -203,16 +212,17 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	}
 	c.triggers = nil
 	c.reportProblems(st.Problems)
-	if full {
+	if full && (skipper == nil || skipper.SkippedFullSyncs() == skipped) {
 		c.releaseMemory()
 	}
 	return nil
 }
 
-// releaseMemory returns the memory a full sync used for a moment (the
-// whole rule set built and sent at once) to the operating system, in the
-// background, instead of leaving it to the runtime's slow scavenger: the
-// node gets it back at once. What stays is what the daemon retains.
+// releaseMemory returns the memory a full sync (one the backend did not
+// skip) used for a moment — the whole rule set built and sent at once — to
+// the operating system, in the background, instead of leaving it to the
+// runtime's slow scavenger: the node gets it back at once. What stays is
+// what the daemon retains.
 func (c *Controller) releaseMemory() {
 	if !c.releasing.CompareAndSwap(false, true) {
 		return // the previous release is still running

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,6 +207,40 @@ func TestFullSyncsReleaseMemory(t *testing.T) {
 	waitFor(t, "the second full sync's release", func() bool { return released() >= 2 && idle() })
 	if got := released(); got != 2 {
 		t.Errorf("%d releases after two full and five partial syncs, want 2", got)
+	}
+}
+
+// skippingBackend skips every requested full sync, as the nftables
+// backend does when nobody else touched the kernel.
+type skippingBackend struct {
+	recordingBackend
+	requested atomic.Bool
+	skipped   atomic.Uint64
+}
+
+func (s *skippingBackend) RequestFullSync() { s.requested.Store(true) }
+func (s *skippingBackend) Sync(ctx context.Context, st *proxy.State) error {
+	if s.requested.Swap(false) {
+		s.skipped.Add(1)
+	}
+	return s.recordingBackend.Sync(ctx, st)
+}
+func (s *skippingBackend) SkippedFullSyncs() uint64 { return s.skipped.Load() }
+
+// A full sync the backend skipped was an incremental one: nothing to
+// release.
+func TestSkippedFullSyncsReleaseNothing(t *testing.T) {
+	src, be := newFakeSource(), &skippingBackend{}
+	var releases atomic.Int64
+	c := &Controller{Source: src, Backend: be, SyncPeriod: time.Hour, freeOS: func() { releases.Add(1) }}
+	for range 3 {
+		if err := c.sync(context.Background(), true); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "no release running", func() bool { return !c.releasing.Load() })
+	}
+	if n := releases.Load(); n != 0 {
+		t.Errorf("%d releases after three skipped full syncs", n)
 	}
 }
 
