@@ -755,8 +755,10 @@ func (b *bench) measure(srv *apiserver.Server, mode string) result {
 	b.saveHeap(res, "end")
 	endMetrics := b.scrape()
 
-	fmt.Printf("endpoint change → kernel: %s\n", res.move.String())
-	fmt.Printf("new service → kernel:     %s\n", res.create.String())
+	if o.iterations > 0 {
+		fmt.Printf("endpoint change → kernel: %s\n", res.move.String())
+		fmt.Printf("new service → kernel:     %s\n", res.create.String())
+	}
 	fmt.Printf("daemon RSS at the end %.0f MiB, peak %.0f MiB\n", mib(res.memEnd.RSS), mib(res.memEnd.Peak))
 	fmt.Printf("daemon /metrics during the %d changes (quantiles as the upper bound of their bucket):\n", 2*o.iterations)
 	for _, name := range []string{metricSync, metricPartial, metricFull, metricProgramming} {
@@ -1015,6 +1017,16 @@ func (b *bench) saveHeap(res result, when string) {
 		return
 	}
 	fmt.Printf("%s: heap profile in %s\n", when, name)
+	// The profile's collection has just run: the heap now is what is live.
+	if m, err := b.get("/metrics"); err == nil {
+		for _, l := range strings.Split(string(m), "\n") {
+			if v, ok := strings.CutPrefix(l, "go_memstats_heap_alloc_bytes "); ok {
+				if f, err := strconv.ParseFloat(v, 64); err == nil {
+					fmt.Printf("%s: live heap %.0f MiB (go_memstats_heap_alloc_bytes after the collection)\n", when, f/(1<<20))
+				}
+			}
+		}
+	}
 }
 
 // get fetches a path of the daemon's metrics server, from inside the node
