@@ -12,6 +12,8 @@ package controller
 import (
 	"context"
 	"errors"
+	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -45,6 +47,10 @@ type FullSyncer interface{ RequestFullSync() }
 // that the full and partial sync metrics count what was done.
 type FullSyncReporter interface{ LastSyncFull() bool }
 
+// FullSyncSkipper is implemented by backends that may find a requested
+// full sync unnecessary and sync incrementally instead; they count those.
+type FullSyncSkipper interface{ SkippedFullSyncs() uint64 }
+
 // Hooks are optional observers of the sync loop.
 type Hooks struct {
 	// Queued is called when a change is waiting to be programmed.
@@ -75,6 +81,9 @@ type Controller struct {
 	// builder rebuilds only the Services whose objects changed.
 	builder  proxy.Builder
 	triggers []time.Time // changes not yet programmed, by start time
+
+	releasing atomic.Bool // releaseMemory is running
+	freeOS    func()      // debug.FreeOSMemory; tests replace it
 }
 
 // Run syncs until ctx ends. It returns ctx's error, or the source's error
@@ -181,6 +190,11 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	if fs, ok := c.Backend.(FullSyncer); ok && full {
 		fs.RequestFullSync()
 	}
+	skipper, _ := c.Backend.(FullSyncSkipper)
+	var skipped uint64
+	if skipper != nil {
+		skipped = skipper.SkippedFullSyncs()
+	}
 	err := c.Backend.Sync(ctx, st)
 	if r, ok := c.Backend.(FullSyncReporter); ok && err == nil {
 		full = r.LastSyncFull()
@@ -206,7 +220,29 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	}
 	c.triggers = nil
 	c.reportProblems(st.Problems)
+	if full && (skipper == nil || skipper.SkippedFullSyncs() == skipped) {
+		c.releaseMemory()
+	}
 	return nil
+}
+
+// releaseMemory returns the memory a full sync (one the backend did not
+// skip) used for a moment — the whole rule set built and sent at once — to
+// the operating system, in the background, instead of leaving it to the
+// runtime's slow scavenger: the node gets it back at once. What stays is
+// what the daemon retains.
+func (c *Controller) releaseMemory() {
+	if !c.releasing.CompareAndSwap(false, true) {
+		return // the previous release is still running
+	}
+	free := c.freeOS
+	if free == nil {
+		free = debug.FreeOSMemory
+	}
+	go func() {
+		defer c.releasing.Store(false)
+		free()
+	}()
 }
 
 func (c *Controller) reportProblems(ps []proxy.Problem) {

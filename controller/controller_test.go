@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,6 +176,74 @@ func TestPeriodicFullSync(t *testing.T) {
 	waitFor(t, "three full syncs", func() bool { _, _, f := be.snapshot(); return f >= 3 })
 }
 
+// The memory of a full sync goes back to the OS after it; partial syncs
+// (small) leave it to the runtime.
+func TestFullSyncsReleaseMemory(t *testing.T) {
+	src, be := newFakeSource(), &recordingBackend{}
+	var mu sync.Mutex
+	releases := 0
+	released := func() int { mu.Lock(); defer mu.Unlock(); return releases }
+	c := &Controller{Source: src, Backend: be, SyncPeriod: time.Hour,
+		freeOS: func() { mu.Lock(); releases++; mu.Unlock() }}
+	ctx := context.Background()
+	sync := func(full bool) {
+		t.Helper()
+		if err := c.sync(ctx, full); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idle := func() bool { return !c.releasing.Load() }
+	sync(true)
+	waitFor(t, "the full sync's release", func() bool { return released() == 1 && idle() })
+	for i := range 5 {
+		src.setServices(i + 1)
+		sync(false)
+		waitFor(t, "no release running", idle) // one started by the sync has finished
+	}
+	if got := released(); got != 1 {
+		t.Errorf("%d releases after one full and five partial syncs, want 1", got)
+	}
+	sync(true)
+	waitFor(t, "the second full sync's release", func() bool { return released() >= 2 && idle() })
+	if got := released(); got != 2 {
+		t.Errorf("%d releases after two full and five partial syncs, want 2", got)
+	}
+}
+
+// skippingBackend skips every requested full sync, as the nftables
+// backend does when nobody else touched the kernel.
+type skippingBackend struct {
+	recordingBackend
+	requested atomic.Bool
+	skipped   atomic.Uint64
+}
+
+func (s *skippingBackend) RequestFullSync() { s.requested.Store(true) }
+func (s *skippingBackend) Sync(ctx context.Context, st *proxy.State) error {
+	if s.requested.Swap(false) {
+		s.skipped.Add(1)
+	}
+	return s.recordingBackend.Sync(ctx, st)
+}
+func (s *skippingBackend) SkippedFullSyncs() uint64 { return s.skipped.Load() }
+
+// A full sync the backend skipped was an incremental one: nothing to
+// release.
+func TestSkippedFullSyncsReleaseNothing(t *testing.T) {
+	src, be := newFakeSource(), &skippingBackend{}
+	var releases atomic.Int64
+	c := &Controller{Source: src, Backend: be, SyncPeriod: time.Hour, freeOS: func() { releases.Add(1) }}
+	for range 3 {
+		if err := c.sync(context.Background(), true); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "no release running", func() bool { return !c.releasing.Load() })
+	}
+	if n := releases.Load(); n != 0 {
+		t.Errorf("%d releases after three skipped full syncs", n)
+	}
+}
+
 func TestProblemsAreReportedOnceWhileTheyLast(t *testing.T) {
 	src, be := newFakeSource(), &recordingBackend{}
 	close(src.synced)
@@ -248,16 +317,17 @@ func TestNetworkProgrammingLatencyIsObserved(t *testing.T) {
 	}
 }
 
-// skippingBackend is a recordingBackend that reports every periodic full
-// sync as skipped (as the nftables backend does when nothing changed).
-type skippingBackend struct{ recordingBackend }
+// partialBackend is a recordingBackend that reports every periodic full
+// sync as done incrementally (as the nftables backend does when nothing
+// changed).
+type partialBackend struct{ recordingBackend }
 
-func (s *skippingBackend) LastSyncFull() bool { return false }
+func (s *partialBackend) LastSyncFull() bool { return false }
 
 // The full and partial sync metrics count what the backend did, not what
 // was requested.
 func TestMetricsCountSkippedFullSyncsAsPartial(t *testing.T) {
-	src, be := newFakeSource(), &skippingBackend{}
+	src, be := newFakeSource(), &partialBackend{}
 	close(src.synced)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, "sync_proxy_rules_nftables_sync_failures_total")

@@ -51,6 +51,8 @@ type InformerSource struct {
 	mu       sync.Mutex
 	triggers []time.Time // last-change-trigger-times of slices changed since the last drain
 
+	strings interner // shared by the transforms
+
 	services  corelisters.ServiceLister
 	slices    discoverylisters.EndpointSliceLister
 	nodes     corelisters.NodeLister
@@ -191,6 +193,12 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 	svc := newInformer(s.listWatch("service", proxied, listOf(core.Services("").List), core.Services("").Watch), &corev1.Service{})
 	sl := newInformer(s.listWatch("endpointslice", proxied, listOf(disc.EndpointSlices("").List), disc.EndpointSlices("").Watch), &discoveryv1.EndpointSlice{})
 	node := newInformer(s.listWatch("node", thisNode, listOf(core.Nodes().List), core.Nodes().Watch), &corev1.Node{})
+	if err := svc.SetTransform(s.transformService); err != nil {
+		return err
+	}
+	if err := sl.SetTransform(s.transformEndpointSlice); err != nil {
+		return err
+	}
 	for _, x := range []struct {
 		inf  cache.SharedIndexInformer
 		kind string

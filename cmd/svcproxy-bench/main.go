@@ -20,7 +20,12 @@
 //
 // and reports percentiles, the daemon's memory at the end, and the
 // daemon's own sync-duration and network-programming histograms (scraped
-// from its /metrics) as secondary figures. Everything it creates is removed
+// from its /metrics) as secondary figures. With --iterations 0 it measures
+// memory only: after the cold sync it waits one --sync-period (a periodic
+// full sync) instead of sampling changes. --svcproxy may name several
+// binaries (e.g. before and after a change): each mode is measured with
+// each, on the same cluster. --heap-profiles saves the daemon's heap
+// profiles (it runs with --profiling). Everything it creates is removed
 // at the end, on failure and on Ctrl-C. It needs root (`make bench-latency`;
 // docs/bench.md).
 package main
@@ -66,7 +71,8 @@ import (
 
 // options are the command line.
 type options struct {
-	svcproxy     string
+	svcproxy     []string
+	heapProfiles string
 	services     int
 	endpoints    int
 	modes        []string
@@ -89,12 +95,13 @@ var modeArgs = map[string][]string{
 
 func main() {
 	var o options
-	var modes string
-	flag.StringVar(&o.svcproxy, "svcproxy", "bin/svcproxy", "the svcproxy binary to run as the daemon (empty: build ./cmd/svcproxy)")
+	var modes, bins string
+	flag.StringVar(&bins, "svcproxy", "bin/svcproxy", "the svcproxy binary to run as the daemon (empty: build ./cmd/svcproxy); several, comma-separated, are measured one after the other on the same cluster")
+	flag.StringVar(&o.heapProfiles, "heap-profiles", "", "run the daemon with --profiling and save its heap profile after the cold sync and at the end in this directory")
 	flag.IntVar(&o.services, "services", 10000, "Services to create, each with --endpoints endpoints (e.g. 1000, 5000, 10000)")
 	flag.IntVar(&o.endpoints, "endpoints", 10, "endpoints per Service")
 	flag.StringVar(&modes, "modes", "nftables", "comma-separated daemon modes to measure, one after the other: nftables, iptables-legacy, iptables-nft")
-	flag.IntVar(&o.iterations, "iterations", 30, "measurements of each kind (endpoint change, new service) per mode")
+	flag.IntVar(&o.iterations, "iterations", 30, "measurements of each kind (endpoint change, new service) per mode; 0 measures memory only (the end is one --sync-period after the cold sync)")
 	flag.IntVar(&o.workers, "workers", 32, "parallel client-go writers while creating the Services")
 	flag.DurationVar(&o.syncPeriod, "sync-period", 30*time.Second, "the daemon's --sync-period (periodic full sync); 30s is kube-proxy's default")
 	flag.DurationVar(&o.pollInterval, "poll-interval", time.Millisecond, "least time between two probe connections (the resolution of the latency figures)")
@@ -113,7 +120,10 @@ func main() {
 		}
 		o.modes = append(o.modes, m)
 	}
-	if len(o.modes) == 0 || o.services < 1 || o.endpoints < 1 || o.iterations < 1 || o.workers < 1 {
+	for _, b := range strings.Split(bins, ",") {
+		o.svcproxy = append(o.svcproxy, strings.TrimSpace(b))
+	}
+	if len(o.modes) == 0 || o.services < 1 || o.endpoints < 1 || o.iterations < 0 || o.workers < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -282,17 +292,25 @@ func run(r *runner, o options) {
 		o.services, o.endpoints, strings.Join(o.modes, ", "), o.iterations)
 	fmt.Printf("machine: %d CPUs, load average %s at start\n", runtime.NumCPU(), loadavg())
 	b := &bench{r: r, o: o}
-	if o.svcproxy == "" {
-		b.bin = daemontest.Build(r)
-	} else {
-		bin, err := filepath.Abs(o.svcproxy)
+	var bins []string
+	for _, bin := range o.svcproxy {
+		if bin == "" {
+			bins = append(bins, daemontest.Build(r))
+			continue
+		}
+		abs, err := filepath.Abs(bin)
 		if err != nil {
 			r.Fatal(err)
 		}
-		if _, err := os.Stat(bin); err != nil {
+		if _, err := os.Stat(abs); err != nil {
 			r.Fatalf("%v (run `make build`, or pass --svcproxy '' to build it)", err)
 		}
-		b.bin = bin
+		bins = append(bins, abs)
+	}
+	if o.heapProfiles != "" {
+		if err := os.MkdirAll(o.heapProfiles, 0o755); err != nil {
+			r.Fatal(err)
+		}
 	}
 
 	t0 := time.Now()
@@ -360,8 +378,11 @@ func run(r *runner, o options) {
 	}
 
 	var results []result
-	for _, m := range o.modes {
-		results = append(results, b.measure(srv, m))
+	for _, bin := range bins {
+		b.bin = bin
+		for _, m := range o.modes {
+			results = append(results, b.measure(srv, m))
+		}
 	}
 	fmt.Printf("\nmachine: load average %s at the end\n", loadavg())
 	fmt.Println("\nSummary (latencies in ms: p50 / p90 / p99 / max; memory in MiB):")
@@ -369,7 +390,11 @@ func run(r *runner, o options) {
 	fmt.Println("| mode | services × endpoints | cold: first sync in kernel | RSS after cold (peak) | endpoint change → kernel | new service → kernel | RSS at end (peak) |")
 	fmt.Println("|---|---|---|---|---|---|---|")
 	for _, res := range results {
-		fmt.Printf("| %s | %d × %d | %.2f s | %.0f (%.0f) | %s | %s | %.0f (%.0f) |\n", res.mode, o.services, o.endpoints,
+		mode := res.mode
+		if len(bins) > 1 {
+			mode += " (" + res.bin + ")"
+		}
+		fmt.Printf("| %s | %d × %d | %.2f s | %.0f (%.0f) | %s | %s | %.0f (%.0f) |\n", mode, o.services, o.endpoints,
 			res.cold.Seconds(), mib(res.memCold.RSS), mib(res.memCold.Peak), res.move.row(), res.create.row(),
 			mib(res.memEnd.RSS), mib(res.memEnd.Peak))
 	}
@@ -608,7 +633,7 @@ func (b *bench) setMove(pod string, trigger time.Time) error {
 
 // result is one mode's figures.
 type result struct {
-	mode            string
+	mode, bin       string
 	cold            time.Duration
 	memCold, memEnd daemontest.Memory
 	move, create    samples
@@ -619,12 +644,15 @@ type result struct {
 // versions).
 func (b *bench) measure(srv *apiserver.Server, mode string) result {
 	r, o := b.r, b.o
-	res := result{mode: mode}
-	fmt.Printf("\n== %s\n", mode)
+	res := result{mode: mode, bin: filepath.Base(b.bin)}
+	fmt.Printf("\n== %s (%s)\n", mode, b.bin)
 	args := append(append([]string{}, modeArgs[mode]...),
 		"--kubeconfig", srv.Kubeconfig(), "--hostname-override", nodeName, "--cluster-cidr", "10.244.0.0/16",
 		"--min-sync-period", "0", "--sync-period", o.syncPeriod.String(),
 		"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
+	if o.heapProfiles != "" {
+		args = append(args, "--profiling")
+	}
 	if b.moveTo != podA {
 		if err := b.setMove(podA, time.Now()); err != nil {
 			r.Fatal(err)
@@ -679,6 +707,11 @@ func (b *bench) measure(srv *apiserver.Server, mode string) result {
 		fmt.Printf("cold: the daemon's own figure: %d full sync(s), %.2f s in all (%s)\n", int(h.count), h.sum, metricFull)
 	}
 	fmt.Printf("cold: daemon RSS %.0f MiB, peak %.0f MiB\n", mib(res.memCold.RSS), mib(res.memCold.Peak))
+	b.saveHeap(res, "cold")
+	if o.iterations == 0 {
+		// Memory only: the end is after a periodic full sync.
+		time.Sleep(o.syncPeriod + 2*time.Second)
+	}
 
 	var created []string
 	defer func() { b.deleteProbes(created) }()
@@ -719,10 +752,13 @@ func (b *bench) measure(srv *apiserver.Server, mode string) result {
 		time.Sleep(o.gap)
 	}
 	res.memEnd = mustMemory(r, d)
+	b.saveHeap(res, "end")
 	endMetrics := b.scrape()
 
-	fmt.Printf("endpoint change → kernel: %s\n", res.move.String())
-	fmt.Printf("new service → kernel:     %s\n", res.create.String())
+	if o.iterations > 0 {
+		fmt.Printf("endpoint change → kernel: %s\n", res.move.String())
+		fmt.Printf("new service → kernel:     %s\n", res.create.String())
+	}
 	fmt.Printf("daemon RSS at the end %.0f MiB, peak %.0f MiB\n", mib(res.memEnd.RSS), mib(res.memEnd.Peak))
 	fmt.Printf("daemon /metrics during the %d changes (quantiles as the upper bound of their bucket):\n", 2*o.iterations)
 	for _, name := range []string{metricSync, metricPartial, metricFull, metricProgramming} {
@@ -916,6 +952,9 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func (s *samples) row() string {
+	if len(s.latency) == 0 {
+		return "–" // --iterations 0
+	}
 	return fmt.Sprintf("%s / %s / %s / %s", msShort(quantile(s.latency, .5)), msShort(quantile(s.latency, .9)),
 		msShort(quantile(s.latency, .99)), msShort(quantile(s.latency, 1)))
 }
@@ -952,6 +991,47 @@ const (
 
 // scrape reads the daemon's /metrics from inside the node namespace.
 func (b *bench) scrape() map[string]*histogram {
+	body, err := b.get("/metrics")
+	if err != nil {
+		b.r.Errorf("scrape /metrics: %v", err)
+		return nil
+	}
+	return parseHistograms(string(body))
+}
+
+// saveHeap saves the daemon's heap profile (--heap-profiles) as
+// <binary>-<mode>-<when>.pb.gz; gc=1 has it garbage-collect first, so
+// the profile shows what is retained.
+func (b *bench) saveHeap(res result, when string) {
+	if b.o.heapProfiles == "" {
+		return
+	}
+	body, err := b.get("/debug/pprof/heap?gc=1")
+	if err != nil {
+		b.r.Errorf("heap profile: %v", err)
+		return
+	}
+	name := filepath.Join(b.o.heapProfiles, fmt.Sprintf("%s-%s-%s.pb.gz", res.bin, res.mode, when))
+	if err := os.WriteFile(name, body, 0o644); err != nil {
+		b.r.Errorf("heap profile: %v", err)
+		return
+	}
+	fmt.Printf("%s: heap profile in %s\n", when, name)
+	// The profile's collection has just run: the heap now is what is live.
+	if m, err := b.get("/metrics"); err == nil {
+		for _, l := range strings.Split(string(m), "\n") {
+			if v, ok := strings.CutPrefix(l, "go_memstats_heap_alloc_bytes "); ok {
+				if f, err := strconv.ParseFloat(v, 64); err == nil {
+					fmt.Printf("%s: live heap %.0f MiB (go_memstats_heap_alloc_bytes after the collection)\n", when, f/(1<<20))
+				}
+			}
+		}
+	}
+}
+
+// get fetches a path of the daemon's metrics server, from inside the node
+// namespace.
+func (b *bench) get(path string) ([]byte, error) {
 	var body []byte
 	err := b.env.Node.Do(func() error {
 		c, err := net.DialTimeout("tcp", "127.0.0.1:10249", 5*time.Second)
@@ -960,19 +1040,18 @@ func (b *bench) scrape() map[string]*histogram {
 		}
 		tr := &http.Transport{Dial: func(string, string) (net.Conn, error) { return c, nil }}
 		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("http://127.0.0.1:10249/metrics")
+		resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get("http://127.0.0.1:10249" + path)
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
 		body, err = io.ReadAll(resp.Body)
 		return err
 	})
-	if err != nil {
-		b.r.Errorf("scrape /metrics: %v", err)
-		return nil
-	}
-	return parseHistograms(string(body))
+	return body, err
 }
 
 // histogram is a Prometheus histogram without labels.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -39,7 +40,7 @@ import (
 type runFlags struct {
 	kubeconfig, master, hostnameOverride, proxyMode string
 	clusterCIDR                                     string
-	masqueradeAll, cleanup                          bool
+	masqueradeAll, cleanup, profiling               bool
 	nodePortAddresses                               []string
 	minSyncPeriod, syncPeriod, configSyncPeriod     time.Duration
 	healthzBindAddress, metricsBindAddress          string
@@ -60,6 +61,7 @@ func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.configSyncPeriod, "config-sync-period", 15*time.Minute, "How often configuration from the apiserver is refreshed. Must be greater than 0.")
 	fs.StringVar(&f.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "The IP address and port for the health check server to serve on; empty to disable.")
 	fs.StringVar(&f.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "The IP address and port for the metrics server to serve on; empty to disable.")
+	fs.BoolVar(&f.profiling, "profiling", false, "If true enables profiling via web interface on /debug/pprof handler (on the metrics server, --metrics-bind-address).")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "If true cleanup iptables and nftables rules and exit.")
 	fs.StringVar(&f.iptablesMode, "iptables-mode", "auto", "svcproxy only: which iptables variant to program in iptables mode: auto (detect what the node uses), legacy or nft.")
 	fs.StringVar(&f.manifests, "manifests", "", "Read Services, EndpointSlices and Nodes from this directory of manifests (watched for changes) instead of an API server.")
@@ -265,10 +267,23 @@ func (f *runFlags) run(ctx context.Context) error {
 	if f.metricsBindAddress != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if f.profiling {
+			installProfiling(mux)
+		}
 		go serveUntil(ctx, "metrics", f.metricsBindAddress, mux)
 	}
 	klog.InfoS("Starting svcproxy", "node", node, "proxyMode", f.proxyMode, "manifests", f.manifests)
 	return c.Run(ctx)
+}
+
+// installProfiling serves Go's profiles under /debug/pprof/, as
+// kube-proxy's --profiling does on its metrics server.
+func installProfiling(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
 // serveUntil serves h on addr until ctx ends, retrying a failed listen

@@ -107,9 +107,12 @@ func TestRunFromManifestsEndToEnd(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// --profiling in one mode only: /debug/pprof is served with it, not without.
+			profiling := mode == "nftables"
 			d := startDaemon(t, bin, env.Node, "--manifests", dir, "--proxy-mode", mode, "--hostname-override", "node-a",
 				"--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--min-sync-period", "0", "--sync-period", "5s",
-				"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
+				"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
+				fmt.Sprintf("--profiling=%t", profiling))
 
 			eventually(t, "web reaches all three pods", func() error {
 				got, err := answers(env, "10.96.0.10:80", 30)
@@ -139,6 +142,10 @@ func TestRunFromManifestsEndToEnd(t *testing.T) {
 			code, body, err = httpInNS(env.Node, "http://127.0.0.1:10249/metrics")
 			if err != nil || code != 200 || !strings.Contains(body, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") {
 				t.Errorf("/metrics: %d %v (%d bytes)", code, err, len(body))
+			}
+			code, body, err = httpInNS(env.Node, "http://127.0.0.1:10249/debug/pprof/heap?debug=1")
+			if want := map[bool]int{true: 200, false: 404}[profiling]; err != nil || code != want || profiling != strings.Contains(body, "heap profile:") {
+				t.Errorf("/debug/pprof/heap with --profiling=%t: %d %v (%d bytes), want %d", profiling, code, err, len(body), want)
 			}
 
 			// SIGTERM leaves the rules: traffic still flows.
