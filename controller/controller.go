@@ -47,10 +47,6 @@ type FullSyncer interface{ RequestFullSync() }
 // that the full and partial sync metrics count what was done.
 type FullSyncReporter interface{ LastSyncFull() bool }
 
-// FullSyncSkipper is implemented by backends that may find a requested
-// full sync unnecessary and sync incrementally instead; they count those.
-type FullSyncSkipper interface{ SkippedFullSyncs() uint64 }
-
 // Hooks are optional observers of the sync loop.
 type Hooks struct {
 	// Queued is called when a change is waiting to be programmed.
@@ -190,11 +186,6 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	if fs, ok := c.Backend.(FullSyncer); ok && full {
 		fs.RequestFullSync()
 	}
-	skipper, _ := c.Backend.(FullSyncSkipper)
-	var skipped uint64
-	if skipper != nil {
-		skipped = skipper.SkippedFullSyncs()
-	}
 	err := c.Backend.Sync(ctx, st)
 	if r, ok := c.Backend.(FullSyncReporter); ok && err == nil {
 		full = r.LastSyncFull()
@@ -220,7 +211,7 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	}
 	c.triggers = nil
 	c.reportProblems(st.Problems)
-	if full && (skipper == nil || skipper.SkippedFullSyncs() == skipped) {
+	if full { // what the backend did (FullSyncReporter): not a skipped one
 		c.releaseMemory()
 	}
 	return nil

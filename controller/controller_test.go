@@ -210,27 +210,10 @@ func TestFullSyncsReleaseMemory(t *testing.T) {
 	}
 }
 
-// skippingBackend skips every requested full sync, as the nftables
-// backend does when nobody else touched the kernel.
-type skippingBackend struct {
-	recordingBackend
-	requested atomic.Bool
-	skipped   atomic.Uint64
-}
-
-func (s *skippingBackend) RequestFullSync() { s.requested.Store(true) }
-func (s *skippingBackend) Sync(ctx context.Context, st *proxy.State) error {
-	if s.requested.Swap(false) {
-		s.skipped.Add(1)
-	}
-	return s.recordingBackend.Sync(ctx, st)
-}
-func (s *skippingBackend) SkippedFullSyncs() uint64 { return s.skipped.Load() }
-
 // A full sync the backend skipped was an incremental one: nothing to
 // release.
 func TestSkippedFullSyncsReleaseNothing(t *testing.T) {
-	src, be := newFakeSource(), &skippingBackend{}
+	src, be := newFakeSource(), &partialBackend{}
 	var releases atomic.Int64
 	c := &Controller{Source: src, Backend: be, SyncPeriod: time.Hour, freeOS: func() { releases.Add(1) }}
 	for range 3 {
