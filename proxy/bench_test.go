@@ -23,6 +23,23 @@ func BenchmarkBuild(b *testing.B) {
 	}
 }
 
+// BenchmarkBuilderFirst is a Builder's first build (the daemon's cold
+// start): Build plus the indexes that later builds reuse.
+func BenchmarkBuilderFirst(b *testing.B) {
+	for _, n := range []int{1000, 10000, 50000} {
+		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
+			in := bigInputs(n, 10)
+			cfg := proxy.Config{NodeName: "node-0"}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				var m proxy.Builder
+				m.Build(in, cfg)
+			}
+		})
+	}
+}
+
 // BenchmarkBuilderOneChange rebuilds with a Builder after one
 // EndpointSlice changed (a new object, as informers deliver it): what the
 // daemon does per change.

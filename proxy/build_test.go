@@ -87,6 +87,18 @@ func TestBuild(t *testing.T) {
 			`,
 		},
 		{
+			name: "duplicate address, both ready: the copy in the first slice by name wins",
+			objs: []any{
+				svc("web", "10.96.0.10"),
+				slice("web-b", "web", http8080, ep("10.0.1.1", "node-b")),
+				slice("web-a", "web", http8080, ep("10.0.1.1", "node-a")),
+			},
+			want: `
+				  ns/web/tcp/http 10.96.0.10:80
+				    internal forward 10.0.1.1:8080(local)
+			`,
+		},
+		{
 			name: "NodePort, externalIPs, load-balancer IPs by ipMode",
 			objs: []any{
 				svc("web", "10.96.0.10", externalIPs("192.0.2.10", "2001:db8::10", "not-an-ip"), lbIngress(

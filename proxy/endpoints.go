@@ -12,12 +12,27 @@ import (
 // candidate is an endpoint before the policies choose among them.
 type candidate struct {
 	Endpoint
-	zoneHints []string
-	nodeHints []string
+	hints *hints // nil for most endpoints; a pointer keeps candidates small
 }
 
-func (c *candidate) hasZoneHint(z string) bool { return slices.Contains(c.zoneHints, z) }
-func (c *candidate) hasNodeHint(n string) bool { return slices.Contains(c.nodeHints, n) }
+type hints struct{ zones, nodes []string }
+
+func (c *candidate) zoneHints() []string {
+	if c.hints == nil {
+		return nil
+	}
+	return c.hints.zones
+}
+
+func (c *candidate) nodeHints() []string {
+	if c.hints == nil {
+		return nil
+	}
+	return c.hints.nodes
+}
+
+func (c *candidate) hasZoneHint(z string) bool { return slices.Contains(c.zoneHints(), z) }
+func (c *candidate) hasNodeHint(n string) bool { return slices.Contains(c.nodeHints(), n) }
 
 // endpointPortKey matches a Service port to EndpointSlice ports: same
 // family, protocol and port name.
@@ -68,7 +83,10 @@ func sliceGroup(ps *problems, s *discoveryv1.EndpointSlice) string {
 // on input order.
 func (b *builder) endpoints(svc *corev1.Service, in []*discoveryv1.EndpointSlice) map[endpointPortKey][]candidate {
 	out := map[endpointPortKey][]candidate{}
-	index := map[endpointPortKey]map[netip.AddrPort]int{}
+	total := 0 // endpoints in all slices: each port's list holds at most that
+	for _, s := range in {
+		total += len(s.Endpoints)
+	}
 	for _, s := range in {
 		op := objectProblems{&b.problems, "EndpointSlice", s.Namespace, s.Name}
 		var f Family
@@ -85,64 +103,89 @@ func (b *builder) endpoints(svc *corev1.Service, in []*discoveryv1.EndpointSlice
 		}
 		eps := b.sliceEndpoints(s, f, op)
 		for i, p := range s.Ports {
-			field := fmt.Sprintf("ports[%d]", i)
+			field := func(f string) string { return fmt.Sprintf("ports[%d].%s", i, f) }
 			if p.Port == nil {
-				op.add(field+".port", "missing: port skipped")
+				op.add(field("port"), "missing: port skipped")
 				continue
 			}
 			if *p.Port < 1 || *p.Port > 65535 { // kube-proxy skips 0 too
-				op.add(field+".port", "%d is out of range 1-65535: port skipped", *p.Port)
+				op.add(field("port"), "%d is out of range 1-65535: port skipped", *p.Port)
 				continue
 			}
 			if p.Name == nil {
-				op.add(field+".name", "missing: port skipped")
+				op.add(field("name"), "missing: port skipped")
 				continue
 			}
 			k := endpointPortKey{family: f, protocol: TCP, name: *p.Name}
 			if p.Protocol != nil {
 				k.protocol = Protocol(*p.Protocol)
 			}
-			if index[k] == nil {
-				index[k] = map[netip.AddrPort]int{}
+			cs := out[k]
+			if cs == nil && len(in) == 1 && i == len(s.Ports)-1 {
+				// The common case, one slice: its last port takes the
+				// parsed endpoints themselves.
+				for j := range eps {
+					eps[j].Port = uint16(*p.Port)
+				}
+				out[k] = eps
+				continue
+			}
+			if cs == nil {
+				cs = make([]candidate, 0, total)
 			}
 			for _, c := range eps {
 				c.Port = uint16(*p.Port)
-				ap := netip.AddrPortFrom(c.IP, c.Port)
-				if j, dup := index[k][ap]; dup {
-					if !c.Terminating && out[k][j].Terminating {
-						out[k][j] = c
-					}
-					continue
-				}
-				index[k][ap] = len(out[k])
-				out[k] = append(out[k], c)
+				cs = append(cs, c)
 			}
+			out[k] = cs
 		}
 	}
-	for _, cs := range out {
-		slices.SortFunc(cs, func(a, b candidate) int { return compareEndpoints(a.Endpoint, b.Endpoint) })
+	for k, cs := range out {
+		out[k] = dedupeCandidates(cs)
 	}
 	return out
+}
+
+// dedupeCandidates sorts cs by address:port and keeps one candidate per
+// address:port: the first that is not terminating, else the first. The
+// stable sort keeps slice order among copies, so "first" is the first in
+// slice-name order.
+func dedupeCandidates(cs []candidate) []candidate {
+	slices.SortStableFunc(cs, func(a, b candidate) int {
+		if c := compareEndpoints(a.Endpoint, b.Endpoint); c != 0 {
+			return c
+		}
+		return boolOrder(a.Terminating) - boolOrder(b.Terminating)
+	})
+	return slices.CompactFunc(cs, func(a, b candidate) bool { return compareEndpoints(a.Endpoint, b.Endpoint) == 0 })
+}
+
+func boolOrder(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // sliceEndpoints parses a slice's endpoints (without ports). Like
 // kube-proxy, only the first address of an endpoint is used.
 func (b *builder) sliceEndpoints(s *discoveryv1.EndpointSlice, f Family, op objectProblems) []candidate {
-	var out []candidate
+	out := make([]candidate, 0, len(s.Endpoints))
 	for i, ep := range s.Endpoints {
-		field := fmt.Sprintf("endpoints[%d].addresses", i)
+		// Built only for a problem: most endpoints have none.
+		field := func() string { return fmt.Sprintf("endpoints[%d].addresses", i) }
 		if len(ep.Addresses) == 0 {
-			op.add(field, "empty: endpoint skipped")
+			op.add(field(), "empty: endpoint skipped")
 			continue
 		}
 		ip, err := netip.ParseAddr(ep.Addresses[0])
 		if err != nil || ip.Zone() != "" {
-			op.add(field+"[0]", "invalid IP %q: endpoint skipped", ep.Addresses[0])
+			op.add(field()+"[0]", "invalid IP %q: endpoint skipped", ep.Addresses[0])
 			continue
 		}
 		ip = ip.Unmap()
 		if !f.Contains(ip) {
-			op.add(field+"[0]", "%s is not an %s address (addressType %s): endpoint skipped", ip, f, s.AddressType)
+			op.add(field()+"[0]", "%s is not an %s address (addressType %s): endpoint skipped", ip, f, s.AddressType)
 			continue
 		}
 		c := candidate{Endpoint: Endpoint{
@@ -156,11 +199,12 @@ func (b *builder) sliceEndpoints(s *discoveryv1.EndpointSlice, f Family, op obje
 			c.Local = b.cfg.NodeName != "" && c.NodeName == b.cfg.NodeName
 		}
 		if ep.Hints != nil {
+			c.hints = &hints{}
 			for _, z := range ep.Hints.ForZones {
-				c.zoneHints = append(c.zoneHints, z.Name)
+				c.hints.zones = append(c.hints.zones, z.Name)
 			}
 			for _, n := range ep.Hints.ForNodes {
-				c.nodeHints = append(c.nodeHints, n.Name)
+				c.hints.nodes = append(c.hints.nodes, n.Name)
 			}
 		}
 		out = append(out, c)
@@ -236,12 +280,12 @@ func topologyMode(cands []candidate, node, zone string) string {
 		if !c.Ready {
 			continue
 		}
-		if len(c.nodeHints) == 0 {
+		if len(c.nodeHints()) == 0 {
 			allNode = false
 		} else if c.hasNodeHint(node) {
 			forNode = true
 		}
-		if len(c.zoneHints) == 0 {
+		if len(c.zoneHints()) == 0 {
 			allZone = false
 		} else if c.hasZoneHint(zone) {
 			forZone = true
@@ -257,7 +301,16 @@ func topologyMode(cands []candidate, node, zone string) string {
 }
 
 func pick(cands []candidate, keep func(*candidate) bool) []Endpoint {
-	var out []Endpoint
+	n := 0
+	for i := range cands {
+		if keep(&cands[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]Endpoint, 0, n)
 	for i := range cands {
 		if keep(&cands[i]) {
 			out = append(out, cands[i].Endpoint)
