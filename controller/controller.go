@@ -71,6 +71,10 @@ type Controller struct {
 	SyncPeriod    time.Duration // kube-proxy --sync-period: periodic full sync
 	Hooks         Hooks
 	Metrics       *Metrics // may be nil
+	// Memory, when set, keeps the Go heap's headroom bounded after each
+	// sync (see MemoryHeadroom); it changes the process's soft memory
+	// limit, so only a daemon should set it.
+	Memory *MemoryHeadroom
 
 	kick     chan string
 	problems map[proxy.Problem]bool
@@ -181,8 +185,15 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 	if tt, ok := c.Source.(TriggerTimer); ok {
 		c.triggers = append(c.triggers, tt.DrainTriggerTimes()...)
 	}
+	if c.Memory != nil {
+		if full {
+			c.Memory.Lift()
+		}
+		defer c.Memory.Set()
+	}
 	in := c.Source.Inputs()
 	st := c.builder.Build(in, c.Config)
+	built := time.Now()
 	if fs, ok := c.Backend.(FullSyncer); ok && full {
 		fs.RequestFullSync()
 	}
@@ -199,7 +210,7 @@ func (c *Controller) sync(ctx context.Context, full bool) error {
 		}
 		return err
 	}
-	klog.V(2).InfoS("Synced", "full", full, "duration", time.Since(start),
+	klog.V(2).InfoS("Synced", "full", full, "duration", time.Since(start), "model", built.Sub(start),
 		"ipv4Services", len(st.IPv4.Services), "ipv6Services", len(st.IPv6.Services), "problems", len(st.Problems))
 	if c.Hooks.Synced != nil {
 		c.Hooks.Synced(st, in)
@@ -233,6 +244,9 @@ func (c *Controller) releaseMemory() {
 	go func() {
 		defer c.releasing.Store(false)
 		free()
+		if c.Memory != nil {
+			c.Memory.Set() // from the live heap that collection measured
+		}
 	}()
 }
 

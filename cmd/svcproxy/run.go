@@ -222,6 +222,7 @@ func (f *runFlags) run(ctx context.Context) error {
 		MinSyncPeriod: f.minSyncPeriod,
 		SyncPeriod:    f.syncPeriod,
 		Metrics:       metrics,
+		Memory:        memoryHeadroom(),
 		Hooks: controller.Hooks{
 			Queued: func() {
 				for _, fam := range families {
@@ -339,4 +340,18 @@ func runCleanup(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "svcproxy rules removed (nftables and iptables)")
 	return 0
+}
+
+// memoryHeadroom is the daemon's bound on heap growth between collections
+// (controller.MemoryHeadroom): half the live heap, at least 32 MiB. A
+// GOMEMLIMIT or GOGC in the environment means the operator tunes the
+// runtime: then the daemon leaves it alone.
+func memoryHeadroom() *controller.MemoryHeadroom {
+	for _, v := range []string{"GOMEMLIMIT", "GOGC"} {
+		if _, set := os.LookupEnv(v); set {
+			klog.InfoS("Go runtime tuned by the environment; no memory headroom bound", "variable", v)
+			return nil
+		}
+	}
+	return &controller.MemoryHeadroom{Fraction: 0.5, Min: 32 << 20}
 }
