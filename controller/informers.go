@@ -183,10 +183,13 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 	thisNode := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.nodeName).String()
 	}
+	// No namespace index: the listers are used for Get by key and for
+	// listing everything, neither of which reads it, and it would cost a
+	// set entry per object.
 	newInformer := func(lw cache.ListerWatcher, obj runtime.Object) cache.SharedIndexInformer {
 		return cache.NewSharedIndexInformerWithOptions(lw, obj, cache.SharedIndexInformerOptions{
 			ResyncPeriod: s.resync,
-			Indexers:     cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			Indexers:     cache.Indexers{},
 		})
 	}
 	core, disc := s.client.CoreV1(), s.client.DiscoveryV1()
