@@ -36,6 +36,9 @@ import (
 // creates them. Deterministic, unlike the daemon's RSS:
 //
 //	go test ./controller -run '^$' -bench InformerMemory -benchtime 1x
+//
+// HEAP_PROFILE=FILE writes a heap profile at the measurement (with
+// -memprofilerate 64 for detail), for go tool pprof -inuse_space.
 func BenchmarkInformerMemory(b *testing.B) {
 	for _, n := range []int{10000, 50000} {
 		in := scale.Cluster(n, 10)
@@ -112,11 +115,52 @@ func encode(b *testing.B, obj kruntime.Object) []byte {
 }
 
 // retained is the heap an InformerSource keeps after listing services and
-// slices (protobuf lists; nil: none) from an HTTP server that answers as
-// the test API server does: lists in protobuf, no WatchList, watches that
-// stay open without events. The daemon's client, decoding and reflector
-// are the real ones.
+// slices (protobuf lists; nil: none) from fakeAPIServer. The daemon's
+// client, decoding and reflector are the real ones.
 func retained(b *testing.B, services, slices []byte) float64 {
+	b.Helper()
+	srv, c := fakeAPIServer(b, services, slices)
+	defer srv.Close()
+
+	before := heapAfterGC()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewInformerSource(c, "node-0", 0)
+	if err := s.Start(ctx, func(string) {}); err != nil {
+		b.Fatal(err)
+	}
+	if !s.WaitForSync(ctx) {
+		b.Fatal("informers did not sync")
+	}
+	in := s.Inputs()
+	if len(in.Services)+len(in.EndpointSlices) == 0 {
+		b.Fatalf("listed %d services, %d slices", len(in.Services), len(in.EndpointSlices))
+	}
+	in = proxy.Inputs{}
+	// The handlers' notifications are transient; let them drain.
+	time.Sleep(500 * time.Millisecond)
+	after := heapAfterGC()
+	if f := os.Getenv("HEAP_PROFILE"); f != "" {
+		w, _ := os.Create(f)
+		pprof.WriteHeapProfile(w)
+		w.Close()
+	}
+	runtime.KeepAlive(s)
+	return float64(after) - float64(before)
+}
+
+func heapAfterGC() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// fakeAPIServer serves services and slices (protobuf lists; nil: none) as
+// the test API server does: lists in protobuf, no WatchList, watches that
+// stay open without events.
+func fakeAPIServer(b *testing.B, services, slices []byte) (*httptest.Server, kubernetes.Interface) {
 	b.Helper()
 	rv := metav1.ListMeta{ResourceVersion: "1"}
 	if services == nil {
@@ -152,13 +196,26 @@ func retained(b *testing.B, services, slices []byte) float64 {
 			w.Write(data)
 		}
 	}))
-	defer srv.Close()
 	c, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
 	if err != nil {
 		b.Fatal(err)
 	}
+	return srv, c
 
-	before := heapAfterGC()
+}
+
+// BenchmarkInputs is what a sync's InformerSource.Inputs allocates, at 10k
+// Services and slices.
+func BenchmarkInputs(b *testing.B) {
+	in := scale.Cluster(10000, 1)
+	svcs := corev1.ServiceList{ListMeta: metav1.ListMeta{ResourceVersion: "1"}}
+	sls := discoveryv1.EndpointSliceList{ListMeta: metav1.ListMeta{ResourceVersion: "1"}}
+	for i := range in.Services {
+		svcs.Items = append(svcs.Items, *in.Services[i])
+		sls.Items = append(sls.Items, *in.EndpointSlices[i])
+	}
+	srv, c := fakeAPIServer(b, encode(b, &svcs), encode(b, &sls))
+	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := NewInformerSource(c, "node-0", 0)
@@ -168,27 +225,11 @@ func retained(b *testing.B, services, slices []byte) float64 {
 	if !s.WaitForSync(ctx) {
 		b.Fatal("informers did not sync")
 	}
-	in := s.Inputs()
-	if len(in.Services)+len(in.EndpointSlices) == 0 {
-		b.Fatalf("listed %d services, %d slices", len(in.Services), len(in.EndpointSlices))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if in := s.Inputs(); len(in.Services) != 10000 || len(in.EndpointSlices) != 10000 {
+			b.Fatalf("%d services, %d slices", len(in.Services), len(in.EndpointSlices))
+		}
 	}
-	in = proxy.Inputs{}
-	// The handlers' notifications are transient; let them drain.
-	time.Sleep(500 * time.Millisecond)
-	after := heapAfterGC()
-	if f := os.Getenv("HEAP_PROFILE"); f != "" {
-		w, _ := os.Create(f)
-		pprof.WriteHeapProfile(w)
-		w.Close()
-	}
-	runtime.KeepAlive(s)
-	return float64(after) - float64(before)
-}
-
-func heapAfterGC() uint64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }
