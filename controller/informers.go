@@ -12,7 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -53,6 +52,7 @@ type InformerSource struct {
 
 	strings interner // shared by the transforms
 
+	stores    [3]cache.Store // services, slices, nodes
 	services  corelisters.ServiceLister
 	slices    discoverylisters.EndpointSliceLister
 	nodes     corelisters.NodeLister
@@ -183,10 +183,13 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 	thisNode := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.nodeName).String()
 	}
+	// No namespace index: the listers are used for Get by key and for
+	// listing everything, neither of which reads it, and it would cost a
+	// set entry per object.
 	newInformer := func(lw cache.ListerWatcher, obj runtime.Object) cache.SharedIndexInformer {
 		return cache.NewSharedIndexInformerWithOptions(lw, obj, cache.SharedIndexInformerOptions{
 			ResyncPeriod: s.resync,
-			Indexers:     cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			Indexers:     cache.Indexers{},
 		})
 	}
 	core, disc := s.client.CoreV1(), s.client.DiscoveryV1()
@@ -221,6 +224,7 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 		}
 		s.hasSynced = append(s.hasSynced, x.inf.HasSynced)
 	}
+	s.stores = [3]cache.Store{svc.GetStore(), sl.GetStore(), node.GetStore()}
 	s.services = corelisters.NewServiceLister(svc.GetIndexer())
 	s.slices = discoverylisters.NewEndpointSliceLister(sl.GetIndexer())
 	s.nodes = corelisters.NewNodeLister(node.GetIndexer())
@@ -286,16 +290,29 @@ func (s *InformerSource) WaitForSync(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), s.hasSynced...)
 }
 
-// Inputs implements Source.
+// Inputs implements Source. It runs at every sync: each list is made in
+// one pass, at its exact length (the listers' List appends to a growing
+// slice, which was then copied).
 func (s *InformerSource) Inputs() proxy.Inputs {
-	var in proxy.Inputs
-	svcs, _ := s.services.List(labels.Everything())
-	slices, _ := s.slices.List(labels.Everything())
-	nodes, _ := s.nodes.List(labels.Everything())
-	in.Services = append([]*corev1.Service(nil), svcs...)
-	in.EndpointSlices = append([]*discoveryv1.EndpointSlice(nil), slices...)
-	in.Nodes = append([]*corev1.Node(nil), nodes...)
-	return in
+	return proxy.Inputs{
+		Services:       listAll[*corev1.Service](s.stores[0]),
+		EndpointSlices: listAll[*discoveryv1.EndpointSlice](s.stores[1]),
+		Nodes:          listAll[*corev1.Node](s.stores[2]),
+	}
+}
+
+func listAll[T any](store cache.Store) []T {
+	objs := store.List()
+	if len(objs) == 0 {
+		return nil
+	}
+	out := make([]T, 0, len(objs))
+	for _, o := range objs {
+		if t, ok := o.(T); ok {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // listOf adapts a typed client's List to the untyped one a ListWatch takes.

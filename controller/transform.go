@@ -2,6 +2,7 @@ package controller
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"weak"
 
@@ -33,7 +34,17 @@ func (s *InformerSource) transformService(obj any) (any, error) {
 		return obj, nil
 	}
 	trimMeta(&svc.ObjectMeta, []string{proxy.LabelServiceProxyName, proxy.LabelHeadless}, nil)
+	svc.Namespace = s.strings.value(svc.Namespace)
 	sp := &svc.Spec
+	// Enumerations: one copy of each value instead of one per Service.
+	sp.Type = corev1.ServiceType(s.strings.value(string(sp.Type)))
+	sp.SessionAffinity = corev1.ServiceAffinity(s.strings.value(string(sp.SessionAffinity)))
+	sp.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicy(s.strings.value(string(sp.ExternalTrafficPolicy)))
+	if p := sp.InternalTrafficPolicy; p != nil {
+		if q := internalPolicies[*p]; q != nil {
+			sp.InternalTrafficPolicy = q
+		}
+	}
 	sp.Selector = nil
 	sp.IPFamilies, sp.IPFamilyPolicy = nil, nil
 	sp.LoadBalancerIP, sp.LoadBalancerClass = "", nil
@@ -52,6 +63,11 @@ func (s *InformerSource) transformService(obj any) (any, error) {
 	for i := range st.LoadBalancer.Ingress {
 		ing := &st.LoadBalancer.Ingress[i]
 		ing.Hostname, ing.Ports = "", nil
+		if m := ing.IPMode; m != nil {
+			if q := ipModes[*m]; q != nil {
+				ing.IPMode = q
+			}
+		}
 	}
 	return svc, nil
 }
@@ -64,6 +80,9 @@ func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
 	}
 	trimMeta(&sl.ObjectMeta, []string{discoveryv1.LabelServiceName, proxy.LabelServiceProxyName, proxy.LabelHeadless},
 		[]string{corev1.EndpointsLastChangeTriggerTime})
+	// Events name the Service, never a slice: a slice's UID is not read.
+	sl.UID = ""
+	sl.Namespace = s.strings.value(sl.Namespace)
 	for i := range sl.Ports {
 		p := &sl.Ports[i]
 		p.AppProtocol = nil
@@ -77,6 +96,7 @@ func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
 	// A fresh array of the exact length: decoding leaves up to twice the
 	// capacity.
 	sl.Endpoints = slices.Clip(slices.Clone(sl.Endpoints))
+	packAddresses(sl.Endpoints)
 	for i := range sl.Endpoints {
 		ep := &sl.Endpoints[i]
 		ep.Hostname, ep.TargetRef, ep.DeprecatedTopology, ep.Zone = nil, nil, nil, nil
@@ -93,6 +113,42 @@ func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
 		}
 	}
 	return sl, nil
+}
+
+// packAddresses keeps each endpoint's first address, the only one read
+// (consumers must use the first, the API says; the others are
+// fungible), in two allocations for the whole slice — one string holding
+// every address, one array for the Addresses slices — instead of two per
+// endpoint: decoding allocates each address and each one-string array on
+// its own, rounded up to the allocator's size classes.
+func packAddresses(eps []discoveryv1.Endpoint) {
+	size, n := 0, 0
+	for i := range eps {
+		if a := eps[i].Addresses; len(a) > 0 {
+			size += len(a[0])
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for i := range eps {
+		if a := eps[i].Addresses; len(a) > 0 {
+			b.WriteString(a[0])
+		}
+	}
+	all, arr := b.String(), make([]string, n)
+	for i := range eps {
+		ep := &eps[i]
+		if len(ep.Addresses) == 0 {
+			continue
+		}
+		l := len(ep.Addresses[0])
+		arr[0], all = all[:l], all[l:]
+		ep.Addresses, arr = arr[:1:1], arr[1:]
+	}
 }
 
 // trimMeta keeps what identifies the object (for the caches, the model's
@@ -128,11 +184,19 @@ var intOrStringZero = corev1.ServicePort{}.TargetPort
 var (
 	sharedTrue, sharedFalse = true, false
 	protocols               = map[corev1.Protocol]*corev1.Protocol{}
+	internalPolicies        = map[corev1.ServiceInternalTrafficPolicy]*corev1.ServiceInternalTrafficPolicy{}
+	ipModes                 = map[corev1.LoadBalancerIPMode]*corev1.LoadBalancerIPMode{}
 )
 
 func init() {
 	for _, p := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
 		protocols[p] = &p
+	}
+	for _, p := range []corev1.ServiceInternalTrafficPolicy{corev1.ServiceInternalTrafficPolicyCluster, corev1.ServiceInternalTrafficPolicyLocal} {
+		internalPolicies[p] = &p
+	}
+	for _, m := range []corev1.LoadBalancerIPMode{corev1.LoadBalancerIPModeVIP, corev1.LoadBalancerIPModeProxy} {
+		ipModes[m] = &m
 	}
 }
 

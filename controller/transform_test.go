@@ -5,7 +5,9 @@ import (
 	"math/rand"
 	"reflect"
 	"runtime"
+	"strings"
 	"testing"
+	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -128,6 +130,90 @@ func TestTransformsDropAndShare(t *testing.T) {
 		if svc.ManagedFields != nil || svc.Annotations != nil || svc.Spec.Selector != nil || len(svc.Labels) > 2 {
 			t.Fatalf("service %s: fields kept: %+v", svc.Name, svc)
 		}
+	}
+
+}
+
+// Equal values are kept in one copy: namespaces and the Services'
+// enumerations (decoding allocates each on its own).
+func TestTransformsShareValues(t *testing.T) {
+	s := &InformerSource{}
+	var svcs []*corev1.Service
+	var sls []*discoveryv1.EndpointSlice
+	for i := range 2 {
+		svc := &corev1.Service{}
+		svc.Namespace, svc.Name = strings.Clone("ns"), fmt.Sprint("s", i)
+		sp := &svc.Spec
+		sp.Type = corev1.ServiceType(strings.Clone("LoadBalancer"))
+		sp.SessionAffinity = corev1.ServiceAffinity(strings.Clone("None"))
+		sp.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicy(strings.Clone("Local"))
+		sp.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicy(strings.Clone("Cluster")))
+		svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "192.0.2.1", IPMode: ptr.To(corev1.LoadBalancerIPMode(strings.Clone("VIP")))}}
+		o, err := s.transformService(svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svcs = append(svcs, o.(*corev1.Service))
+		sl := &discoveryv1.EndpointSlice{}
+		sl.Namespace, sl.Name = strings.Clone("ns"), fmt.Sprint("s", i, "-1")
+		if o, err = s.transformEndpointSlice(sl); err != nil {
+			t.Fatal(err)
+		}
+		sls = append(sls, o.(*discoveryv1.EndpointSlice))
+	}
+	a, b := svcs[0], svcs[1]
+	for _, c := range []struct {
+		what string
+		x, y string
+	}{
+		{"namespace", a.Namespace, b.Namespace},
+		{"slice namespace", sls[0].Namespace, sls[1].Namespace},
+		{"slice and service namespace", a.Namespace, sls[1].Namespace},
+		{"type", string(a.Spec.Type), string(b.Spec.Type)},
+		{"session affinity", string(a.Spec.SessionAffinity), string(b.Spec.SessionAffinity)},
+		{"external traffic policy", string(a.Spec.ExternalTrafficPolicy), string(b.Spec.ExternalTrafficPolicy)},
+	} {
+		if unsafe.StringData(c.x) != unsafe.StringData(c.y) {
+			t.Errorf("%s %q: two copies", c.what, c.x)
+		}
+	}
+	if a.Spec.InternalTrafficPolicy != b.Spec.InternalTrafficPolicy {
+		t.Error("internal traffic policy: two copies")
+	}
+	if a.Status.LoadBalancer.Ingress[0].IPMode != b.Status.LoadBalancer.Ingress[0].IPMode {
+		t.Error("IP mode: two copies")
+	}
+}
+
+// A slice keeps no UID, and each endpoint its first address only, all of
+// a slice's addresses in one string.
+func TestTransformsPackSlices(t *testing.T) {
+	s := &InformerSource{}
+	sl := &discoveryv1.EndpointSlice{}
+	sl.Namespace, sl.Name, sl.UID = "ns", "a-1", "6c1e2b5a"
+	sl.Endpoints = []discoveryv1.Endpoint{
+		{Addresses: []string{"10.0.0.1", "10.0.0.9"}},
+		{},
+		{Addresses: []string{"10.0.0.22"}},
+		{Addresses: []string{"fd00::3"}},
+	}
+	o, err := s.transformEndpointSlice(sl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := o.(*discoveryv1.EndpointSlice)
+	if out.UID != "" {
+		t.Errorf("UID kept: %q", out.UID)
+	}
+	want := [][]string{{"10.0.0.1"}, nil, {"10.0.0.22"}, {"fd00::3"}}
+	for i, ep := range out.Endpoints {
+		if !reflect.DeepEqual(ep.Addresses, want[i]) || cap(ep.Addresses) != len(ep.Addresses) {
+			t.Errorf("endpoint %d: addresses %q (cap %d), want %q", i, ep.Addresses, cap(ep.Addresses), want[i])
+		}
+	}
+	first, last := out.Endpoints[0].Addresses[0], out.Endpoints[3].Addresses[0]
+	if got := unsafe.Add(unsafe.Pointer(unsafe.StringData(first)), len("10.0.0.1")+len("10.0.0.22")); got != unsafe.Pointer(unsafe.StringData(last)) {
+		t.Error("the addresses are not packed in one string")
 	}
 }
 

@@ -33,6 +33,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -59,6 +60,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -84,6 +86,8 @@ type options struct {
 	coldTimeout  time.Duration
 	timeout      time.Duration
 	tmpdir       string
+	apiArgs      []string
+	setup        string
 }
 
 // modeArgs are the daemon flags of each --modes entry.
@@ -95,7 +99,7 @@ var modeArgs = map[string][]string{
 
 func main() {
 	var o options
-	var modes, bins string
+	var modes, bins, apiArgs string
 	flag.StringVar(&bins, "svcproxy", "bin/svcproxy", "the svcproxy binary to run as the daemon (empty: build ./cmd/svcproxy); several, comma-separated, are measured one after the other on the same cluster")
 	flag.StringVar(&o.heapProfiles, "heap-profiles", "", "run the daemon with --profiling and save its heap profile after the cold sync and at the end in this directory")
 	flag.IntVar(&o.services, "services", 10000, "Services to create, each with --endpoints endpoints (e.g. 1000, 5000, 10000)")
@@ -109,7 +113,10 @@ func main() {
 	flag.DurationVar(&o.coldTimeout, "cold-timeout", 20*time.Minute, "give up when the first sync is not in the kernel after this long")
 	flag.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up when one change is not in the kernel after this long")
 	flag.StringVar(&o.tmpdir, "tmpdir", defaultTmp(), "directory for etcd's data and the API server's files (a tmpfs spares etcd's fsyncs)")
+	flag.StringVar(&o.setup, "setup", "direct", "how the synthetic Services are stored: direct (dry-run create through the API server, then written to its etcd with their IPAddress objects: minutes at 50k) or api (plain creates: the API server's ClusterIP allocator makes 50k take over an hour)")
+	flag.StringVar(&apiArgs, "apiserver-args", "", "extra kube-apiserver flags, space-separated (e.g. --profiling to take its pprof profiles)")
 	flag.Parse()
+	o.apiArgs = strings.Fields(apiArgs)
 	for _, m := range strings.Split(modes, ",") {
 		if m = strings.TrimSpace(m); m == "" {
 			continue
@@ -123,7 +130,7 @@ func main() {
 	for _, b := range strings.Split(bins, ",") {
 		o.svcproxy = append(o.svcproxy, strings.TrimSpace(b))
 	}
-	if len(o.modes) == 0 || o.services < 1 || o.endpoints < 1 || o.iterations < 0 || o.workers < 1 {
+	if len(o.modes) == 0 || (o.setup != "direct" && o.setup != "api") || o.services < 1 || o.endpoints < 1 || o.iterations < 0 || o.workers < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -342,7 +349,7 @@ func run(r *runner, o options) {
 	tSandbox := time.Since(t0)
 
 	t0 = time.Now()
-	srv := apiserver.StartInNetNS(r, b.env.Node)
+	srv := apiserver.StartInNetNS(r, b.env.Node, apiserver.WithArgs(o.apiArgs...))
 	// Protobuf, as Kubernetes' own components talk: JSON costs the API
 	// server, the bottleneck of the setup, about twice the CPU.
 	cfg := srv.RESTConfig()
@@ -357,10 +364,14 @@ func run(r *runner, o options) {
 	fmt.Printf("setup: sandbox %.1f s, etcd + kube-apiserver %.1f s (files in %s)\n", tSandbox.Seconds(), tAPI.Seconds(), filepath.Dir(srv.LogDir()))
 
 	t0 = time.Now()
-	objs, degraded := b.populate()
+	objs, degraded := b.populate(srv)
 	d := time.Since(t0)
-	fmt.Printf("setup: %d objects (Services, EndpointSlices, LoadBalancer statuses) through client-go in %.1f s (%.0f/s, %d writers)\n",
-		objs, d.Seconds(), float64(objs)/d.Seconds(), o.workers)
+	how := "through client-go"
+	if o.setup == "direct" {
+		how = "(Services dry-run through client-go and written to etcd)"
+	}
+	fmt.Printf("setup: %d objects (Services, EndpointSlices, LoadBalancer statuses) %s in %.1f s (%.0f/s, %d writers), load average %s\n",
+		objs, how, d.Seconds(), float64(objs)/d.Seconds(), o.workers, loadavg())
 	if degraded > 0 {
 		fmt.Printf("setup: %d NodePort/LoadBalancer Services made ClusterIP: the NodePort range is full\n", degraded)
 	}
@@ -413,12 +424,14 @@ func mib(b uint64) float64 { return float64(b) / (1 << 20) }
 
 // populate creates the namespaces, this node, and the synthetic cluster of
 // package scale (the one the backends' benchmarks program), in parallel.
-// The API server allocates ClusterIPs and NodePorts; LoadBalancers get no
-// NodePorts (allocateLoadBalancerNodePorts: false) but keep their
-// healthCheckNodePort, and when the NodePort range is full the remaining
-// NodePort and LoadBalancer Services become ClusterIP. It returns the
-// number of objects written and of Services so changed.
-func (b *bench) populate() (objects, degraded int) {
+// LoadBalancers get no NodePorts (allocateLoadBalancerNodePorts: false)
+// but keep their healthCheckNodePort, and when the NodePort range is full
+// the remaining NodePort and LoadBalancer Services become ClusterIP. With
+// --setup api the API server allocates ClusterIPs and NodePorts; with
+// --setup direct (etcd.go) they are chosen here and the Services written to
+// etcd after a dry run. It returns the number of objects written and of
+// Services made ClusterIP.
+func (b *bench) populate(srv *apiserver.Server) (objects, degraded int) {
 	ctx := context.Background()
 	for _, ns := range []string{"bench", probeNS} {
 		if _, err := b.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -434,16 +447,27 @@ func (b *bench) populate() (objects, degraded int) {
 		b.r.Fatal(err)
 	}
 
-	in := scale.Cluster(b.o.services, b.o.endpoints)
-	ports := 32767 - 30000 + 1 - 16 // the default NodePort range, a few spare
-	type item struct {
-		svc     *corev1.Service
-		ingress []corev1.LoadBalancerIngress
-		slice   *discoveryv1.EndpointSlice
+	direct := b.o.setup == "direct"
+	var etcd *etcdClient
+	var ips []string
+	if direct {
+		if etcd, err = newEtcdClient(srv, b.env.Node, b.o.workers); err != nil {
+			b.r.Fatal(err)
+		}
+		if ips, err = clusterIPs(b.o.services); err != nil {
+			b.r.Fatal(err)
+		}
 	}
+	in := scale.Cluster(b.o.services, b.o.endpoints)
+	const firstPort = 30000             // the default NodePort range: 30000-32767
+	ports := 32767 - firstPort + 1 - 16 // a few spare
+	nextPort := int32(firstPort + 16)   // direct: assigned in order
 	items := make([]item, len(in.Services))
 	for i, s := range in.Services {
 		s.Spec.ClusterIP = ""
+		if direct {
+			s.Spec.ClusterIP = ips[i]
+		}
 		var ingress []corev1.LoadBalancerIngress
 		switch s.Spec.Type {
 		case corev1.ServiceTypeNodePort:
@@ -460,35 +484,53 @@ func (b *bench) populate() (objects, degraded int) {
 				degraded++
 			} else {
 				ports--
+				if direct {
+					// The port the allocator would have taken: the
+					// NodePort, or a LoadBalancer's healthCheckNodePort
+					// (externalTrafficPolicy Local).
+					if s.Spec.Type == corev1.ServiceTypeNodePort {
+						s.Spec.Ports[0].NodePort = nextPort
+					} else {
+						s.Spec.HealthCheckNodePort = nextPort
+					}
+					nextPort++
+				}
 			}
 		}
 		items[i] = item{svc: s, ingress: ingress, slice: in.EndpointSlices[i]}
 	}
 
-	var next, written atomic.Int64
+	var next, done, written atomic.Int64
 	var firstErr error
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	// Progress every 10% (a 10k setup takes minutes).
 	start, step := time.Now(), max(1, len(items)/10)
 	lastAt, lastN := start, int64(0)
-	report := func(i int) {
-		if (i+1)%step != 0 || i+1 == len(items) {
+	report := func(n int) { // n more items done
+		d := int(done.Add(int64(n)))
+		if d/step == (d-n)/step || d == len(items) {
 			return
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		now, n := time.Now(), written.Load()
-		fmt.Printf("setup: %d/%d Services, %.0f objects/s\n", i+1, len(items), float64(n-lastN)/now.Sub(lastAt).Seconds())
-		lastAt, lastN = now, n
+		now, w := time.Now(), written.Load()
+		fmt.Printf("setup: %d/%d Services, %.0f objects/s\n", d, len(items), float64(w-lastN)/now.Sub(lastAt).Seconds())
+		lastAt, lastN = now, w
+	}
+	// Workers take chunks of consecutive items (direct: one etcd
+	// transaction per chunk).
+	chunk := 1
+	if direct {
+		chunk = 32
 	}
 	for range b.o.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(items) {
+				lo := int(next.Add(int64(chunk))) - chunk
+				if lo >= len(items) {
 					return
 				}
 				mu.Lock()
@@ -497,7 +539,14 @@ func (b *bench) populate() (objects, degraded int) {
 				if stop {
 					return
 				}
-				if err := b.createItem(ctx, items[i].svc, items[i].ingress, items[i].slice, &written); err != nil {
+				part := items[lo:min(lo+chunk, len(items))]
+				var err error
+				if direct {
+					err = b.createDirect(ctx, etcd, part, &written)
+				} else {
+					err = b.createItem(ctx, part[0], &written)
+				}
+				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -505,7 +554,7 @@ func (b *bench) populate() (objects, degraded int) {
 					mu.Unlock()
 					return
 				}
-				report(i)
+				report(len(part))
 			}
 		}()
 	}
@@ -516,10 +565,18 @@ func (b *bench) populate() (objects, degraded int) {
 	return int(written.Load()), degraded
 }
 
+// item is one synthetic Service, its LoadBalancer status and its slice.
+type item struct {
+	svc     *corev1.Service
+	ingress []corev1.LoadBalancerIngress
+	slice   *discoveryv1.EndpointSlice
+}
+
 // createItem creates one Service (and its LoadBalancer status) and its
 // EndpointSlice, retrying transient errors. It runs in a worker goroutine,
 // so it returns errors instead of failing.
-func (b *bench) createItem(ctx context.Context, s *corev1.Service, ingress []corev1.LoadBalancerIngress, sl *discoveryv1.EndpointSlice, written *atomic.Int64) error {
+func (b *bench) createItem(ctx context.Context, it item, written *atomic.Int64) error {
+	s := it.svc
 	svcs := b.c.CoreV1().Services(s.Namespace)
 	var got *corev1.Service
 	err := retry(func() error {
@@ -534,9 +591,9 @@ func (b *bench) createItem(ctx context.Context, s *corev1.Service, ingress []cor
 		return fmt.Errorf("service %s: %w", s.Name, err)
 	}
 	written.Add(1)
-	if len(ingress) > 0 {
+	if len(it.ingress) > 0 {
 		err := retry(func() error {
-			got.Status.LoadBalancer.Ingress = ingress
+			got.Status.LoadBalancer.Ingress = it.ingress
 			_, err := svcs.UpdateStatus(ctx, got, metav1.UpdateOptions{})
 			if apierrors.IsConflict(err) {
 				got, _ = svcs.Get(ctx, s.Name, metav1.GetOptions{})
@@ -548,7 +605,12 @@ func (b *bench) createItem(ctx context.Context, s *corev1.Service, ingress []cor
 		}
 		written.Add(1)
 	}
-	err = retry(func() error {
+	return b.createSlice(ctx, it, written)
+}
+
+func (b *bench) createSlice(ctx context.Context, it item, written *atomic.Int64) error {
+	sl := it.slice
+	err := retry(func() error {
 		_, err := b.c.DiscoveryV1().EndpointSlices(sl.Namespace).Create(ctx, sl, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			return nil
@@ -559,6 +621,61 @@ func (b *bench) createItem(ctx context.Context, s *corev1.Service, ingress []cor
 		return fmt.Errorf("slice %s: %w", sl.Name, err)
 	}
 	written.Add(1)
+	return nil
+}
+
+// createDirect stores the Services of items as the API server would (see
+// etcd.go): a dry-run create each, then one etcd transaction for all of
+// them and their IPAddresses; then their LoadBalancer statuses and slices
+// through the API.
+func (b *bench) createDirect(ctx context.Context, etcd *etcdClient, items []item, written *atomic.Int64) error {
+	var kvs []etcdKV
+	for _, it := range items {
+		s := it.svc
+		var got *corev1.Service
+		err := retry(func() error {
+			var err error
+			got, err = b.c.CoreV1().Services(s.Namespace).Create(ctx, s, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("service %s (dry run): %w", s.Name, err)
+		}
+		if got.Spec.ClusterIP != s.Spec.ClusterIP {
+			return fmt.Errorf("service %s: dry run gave ClusterIP %q, not %s", s.Name, got.Spec.ClusterIP, s.Spec.ClusterIP)
+		}
+		recs, err := serviceRecords(got)
+		if err != nil {
+			return fmt.Errorf("service %s: %w", s.Name, err)
+		}
+		kvs = append(kvs, recs...)
+	}
+	if err := retry(func() error { return etcd.create(ctx, kvs) }); err != nil {
+		return err
+	}
+	written.Add(int64(len(items)))
+	for _, it := range items {
+		if len(it.ingress) > 0 {
+			// A merge patch of the status subresource: the same write
+			// (and managedFields entry) as the UpdateStatus of --setup
+			// api, without reading the object first.
+			patch, err := json.Marshal(map[string]any{"status": map[string]any{"loadBalancer": map[string]any{"ingress": it.ingress}}})
+			if err != nil {
+				return err
+			}
+			err = retry(func() error {
+				_, err := b.c.CoreV1().Services(it.svc.Namespace).Patch(ctx, it.svc.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("service %s status: %w", it.svc.Name, err)
+			}
+			written.Add(1)
+		}
+		if err := b.createSlice(ctx, it, written); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
