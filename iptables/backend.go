@@ -464,7 +464,7 @@ func (p *tablePlan) stageNew(isNew func(name string) bool, limit int) {
 
 // isServiceChain reports whether name is one of a service's chains.
 func isServiceChain(name string) bool {
-	for _, prefix := range []string{prefixSVC, prefixSVL, prefixEXT, prefixFW, prefixSEP} {
+	for _, prefix := range []string{prefixSVC, prefixSVL, prefixEXT, prefixFW, prefixSEP, prefixHPN} {
 		if strings.HasPrefix(name, prefix) {
 			return true
 		}

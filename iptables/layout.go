@@ -21,9 +21,11 @@ import (
 //	    -d VIP -p P --dport N -g SVCP-SVC-*|SVCP-SVL-*|SVCP-EXT-*   (one rule per destination)
 //	    NodePort addresses -j SVCP-NODEPORTS: -p P --dport NP -g SVCP-EXT-*
 //	SVCP-EXT-*: masquerade or short-circuit, then SVCP-SVC-* or SVCP-SVL-*
-//	SVCP-SVC-* / SVCP-SVL-*: masquerade off-cluster ClusterIP traffic,
-//	    affinity (-m recent --rcheck), -m statistic cascade ─▶ SVCP-SEP-*:
-//	    hairpin masquerade, affinity update (-m recent --set), DNAT
+//	SVCP-SVC-* / SVCP-SVL-*: masquerade off-cluster ClusterIP traffic, then
+//	    a -m statistic cascade, two rules a step: from the endpoint itself
+//	    ─▶ SVCP-HPN-* (hairpin masquerade, DNAT), from elsewhere DNAT;
+//	    with affinity, kube-proxy's: -m recent --rcheck, cascade ─▶
+//	    SVCP-SEP-*: hairpin masquerade, -m recent --set, DNAT
 //	nat POSTROUTING ─▶ SVCP-POSTROUTING: masquerade packets marked 0x4000
 //
 //	filter INPUT / FORWARD / OUTPUT, ctstate NEW ─▶ SVCP-INPUT / SVCP-FORWARD / SVCP-OUTPUT:
@@ -48,9 +50,10 @@ import (
 //   - endpoints are picked by kube-proxy's cascade of -m statistic
 //     --probability 1/(n-i) rules, the last one unconditional (nft: numgen).
 //   - hairpin traffic (an endpoint reaching itself through the Service) is
-//     marked in the endpoint's own chain, by source address, as kube-proxy
-//     does; nft marks it in postrouting (source == destination, from a set
-//     of endpoint addresses). Same packets masqueraded.
+//     marked by source address once the endpoint is chosen, as kube-proxy's
+//     endpoint chains do (but in the service's SVCP-HPN-* chain, see
+//     service); nft marks it in postrouting (source == destination, from a
+//     set of endpoint addresses). Same packets masqueraded.
 //
 // Chain names are stable: SVCP-<kind>-<16 base32 chars of sha256 of the
 // service key> (and of the endpoint for SVCP-SEP-*). A changed service keeps
@@ -75,7 +78,8 @@ const (
 	prefixSVL = "SVCP-SVL-" // local-policy endpoints
 	prefixEXT = "SVCP-EXT-" // external destinations
 	prefixFW  = "SVCP-FW-"  // load-balancer source ranges (filter table)
-	prefixSEP = "SVCP-SEP-" // one endpoint
+	prefixSEP = "SVCP-SEP-" // one endpoint (affinity)
+	prefixHPN = "SVCP-HPN-" // hairpin: an endpoint reaching itself
 
 	// masqMark is the packet mark bit that asks for masquerading
 	// (kube-proxy's 0x4000, as in the nftables backend).
@@ -317,23 +321,51 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 	proto := sp.Key.Protocol
 	hash := hashName("", key)
 
-	// Endpoint chains, one per endpoint either policy uses. They and the
-	// rules choosing them carry no comment, as in kube-proxy's large-cluster
-	// mode: they are nearly all the rules, and a comment is a match of its
-	// own (a 256-byte one in the legacy table blob, which every sync
-	// rewrites; an xt compat expression in nft), a third of the time of a
-	// restore. The service's key is in the dispatch rules that lead here.
-	sep := map[netip.AddrPort]string{}
-	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
-		ap := netip.AddrPortFrom(ep.IP, ep.Port)
-		name := endpointChain(key, ap)
-		rules := []string{rule{src: hostString(ep.IP), target: "-j " + chainMarkMasq}.String()}
-		if sp.AffinitySeconds > 0 {
-			rules = append(rules, rule{match: "-m recent --set --name " + name + " --mask " + f.recentMask + " --rsource"}.String())
-		}
-		rules = append(rules, rule{proto: proto, target: "-j DNAT --to-destination " + addrPortString(ap)}.String())
-		sep[ap] = fr.add(tableNAT, name, rules)
+	// Endpoint choice. kube-proxy gives every endpoint a chain of its own
+	// (hairpin masquerade, then DNAT), reached by a -m statistic cascade.
+	// Those were nine chains in ten, and the iptables tools pay per chain:
+	// iptables-restore (libxtables) looks every -j target, DNAT included,
+	// up in a list of the declared chain names hashed into 512 buckets, so
+	// a cold restore is quadratic in the chains (10k services, 111k
+	// chains: 2/3 of iptables-legacy-restore's 3.5 s of user time).
+	// Without affinity a port has no endpoint chain: each cascade step is
+	// two rules drawing with the same probability, of which the packet
+	// meets exactly one (their -s / ! -s exclude each other and are tested
+	// before the draw) — from the endpoint's own address to SVCP-HPN-*
+	// (mark for masquerade, then DNAT to the sender's address, which is
+	// that endpoint's), from any other straight to DNAT. The last step
+	// draws nothing: it marks a hairpin packet, then DNATs. The same
+	// endpoint probabilities and the same packets masqueraded as with
+	// kube-proxy's chains. With affinity (the -m recent lists are per
+	// endpoint chain), or when two endpoints share an address (the
+	// sender's address would not tell them apart), the port keeps
+	// kube-proxy's endpoint chains.
+	//
+	// The endpoint chains and the rules choosing them carry no comment, as
+	// in kube-proxy's large-cluster mode: they are nearly all the rules, and
+	// a comment is a match of its own (a 256-byte one in the legacy table
+	// blob, which every sync rewrites; an xt compat expression in nft), a
+	// third of the time of a restore. The service's key is in the dispatch
+	// rules that lead here.
+	eps := unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints)
+	dnatTo := func(ep proxy.Endpoint) string {
+		return "-j DNAT --to-destination " + addrPortString(netip.AddrPortFrom(ep.IP, ep.Port))
 	}
+	perEndpoint := sp.AffinitySeconds > 0 || sharedAddress(eps)
+	sep := map[netip.AddrPort]string{}
+	if perEndpoint {
+		for _, ep := range eps {
+			ap := netip.AddrPortFrom(ep.IP, ep.Port)
+			name := endpointChain(key, ap)
+			rules := []string{rule{src: hostString(ep.IP), target: "-j " + chainMarkMasq}.String()}
+			if sp.AffinitySeconds > 0 {
+				rules = append(rules, rule{match: "-m recent --set --name " + name + " --mask " + f.recentMask + " --rsource"}.String())
+			}
+			rules = append(rules, rule{proto: proto, target: dnatTo(ep)}.String())
+			sep[ap] = fr.add(tableNAT, name, rules)
+		}
+	}
+	hairpin, drawn := prefixHPN+hash, map[netip.AddrPort]bool{} // the endpoints a cascade step draws
 
 	// Policy chains: pick an endpoint. The chain ClusterIP traffic enters
 	// also masquerades it when it comes from off the cluster.
@@ -355,16 +387,36 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 			}
 		}
 		for i, ep := range eps {
-			r := rule{target: "-j " + sep[netip.AddrPortFrom(ep.IP, ep.Port)]}
+			var pick string
 			if i < len(eps)-1 {
-				r.match = "-m statistic --mode random --probability " + probability(len(eps)-i)
+				pick = "-m statistic --mode random --probability " + probability(len(eps)-i)
 			}
-			rules = append(rules, r.String())
+			if perEndpoint {
+				rules = append(rules, rule{match: pick, target: "-j " + sep[netip.AddrPortFrom(ep.IP, ep.Port)]}.String())
+				continue
+			}
+			src := hostString(ep.IP)
+			if pick == "" {
+				rules = append(rules, rule{src: src, target: "-j " + chainMarkMasq}.String(), rule{proto: proto, target: dnatTo(ep)}.String())
+				continue
+			}
+			drawn[netip.AddrPortFrom(ep.IP, ep.Port)] = true
+			rules = append(rules, rule{src: src, match: pick, target: "-j " + hairpin}.String(),
+				rule{src: src, srcNot: true, proto: proto, match: pick, target: dnatTo(ep)}.String())
 		}
 		return fr.add(tableNAT, prefix+hash, rules)
 	}
 	clusterChain := policyChain(prefixSVC, sp.ClusterEndpoints, !sp.InternalPolicyLocal)
 	localChain := policyChain(prefixSVL, sp.LocalEndpoints, sp.InternalPolicyLocal)
+	if len(drawn) > 0 {
+		rules := []string{rule{target: "-j " + chainMarkMasq}.String()}
+		for _, ep := range eps {
+			if drawn[netip.AddrPortFrom(ep.IP, ep.Port)] {
+				rules = append(rules, rule{src: hostString(ep.IP), proto: proto, target: dnatTo(ep)}.String())
+			}
+		}
+		fr.add(tableNAT, hairpin, rules)
+	}
 	internalChain := clusterChain
 	if sp.InternalPolicyLocal {
 		internalChain = localChain
@@ -459,6 +511,17 @@ func clusterIPMasquerade(fs *proxy.FamilyState, sp *proxy.ServicePort, cm string
 		r.src, r.srcNot = prefixString(notFrom), true
 	}
 	return r.String()
+}
+
+// sharedAddress reports whether two of eps (sorted by address) have the
+// same IP.
+func sharedAddress(eps []proxy.Endpoint) bool {
+	for i := 1; i < len(eps); i++ {
+		if eps[i].IP == eps[i-1].IP {
+			return true
+		}
+	}
+	return false
 }
 
 func unionEndpoints(a, b []proxy.Endpoint) []proxy.Endpoint {
