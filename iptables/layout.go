@@ -183,6 +183,7 @@ type rule struct {
 
 func (r rule) String() string {
 	var b strings.Builder
+	b.Grow(len(r.src) + len(r.dst) + len(r.comment) + len(r.match) + len(r.target) + 24) // one allocation
 	sep := func() {
 		if b.Len() > 0 {
 			b.WriteByte(' ')
@@ -279,6 +280,23 @@ func commentMatch(text string) string {
 // keeps it as a multiple of 2^-31, printed with 11 decimals. (The i-th of
 // n rules of a cascade has 1/(n-i).)
 func probability(n int) string {
+	if n < len(probabilities) {
+		return probabilities[n]
+	}
+	return formatProbability(n)
+}
+
+// probabilities holds probability(n) for the endpoint counts of nearly
+// every Service, formatted once rather than per cascade step.
+var probabilities = func() []string {
+	p := make([]string, 256)
+	for n := 1; n < len(p); n++ {
+		p[n] = formatProbability(n)
+	}
+	return p
+}()
+
+func formatProbability(n int) string {
 	v := math.Round(float64(1<<31) / float64(n))
 	return fmt.Sprintf("%.11f", v/float64(1<<31))
 }
@@ -348,8 +366,11 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 	// third of the time of a restore. The service's key is in the dispatch
 	// rules that lead here.
 	eps := unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints)
-	dnatTo := func(ep proxy.Endpoint) string {
-		return "-j DNAT --to-destination " + addrPortString(netip.AddrPortFrom(ep.IP, ep.Port))
+	type epText struct{ src, dnat string } // -s ADDR/32, -j DNAT --to-destination ADDR:PORT
+	text := make(map[netip.AddrPort]epText, len(eps))
+	for _, ep := range eps {
+		ap := netip.AddrPortFrom(ep.IP, ep.Port)
+		text[ap] = epText{hostString(ep.IP), "-j DNAT --to-destination " + addrPortString(ap)}
 	}
 	perEndpoint := sp.AffinitySeconds > 0 || sharedAddress(eps)
 	sep := map[netip.AddrPort]string{}
@@ -357,11 +378,11 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		for _, ep := range eps {
 			ap := netip.AddrPortFrom(ep.IP, ep.Port)
 			name := endpointChain(key, ap)
-			rules := []string{rule{src: hostString(ep.IP), target: "-j " + chainMarkMasq}.String()}
+			rules := []string{rule{src: text[ap].src, target: "-j " + chainMarkMasq}.String()}
 			if sp.AffinitySeconds > 0 {
 				rules = append(rules, rule{match: "-m recent --set --name " + name + " --mask " + f.recentMask + " --rsource"}.String())
 			}
-			rules = append(rules, rule{proto: proto, target: dnatTo(ep)}.String())
+			rules = append(rules, rule{proto: proto, target: text[ap].dnat}.String())
 			sep[ap] = fr.add(tableNAT, name, rules)
 		}
 	}
@@ -374,7 +395,7 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		if len(eps) == 0 {
 			return ""
 		}
-		var rules []string
+		rules := make([]string, 0, 1+3*len(eps))
 		if internal && masq != "" {
 			rules = append(rules, masq)
 		}
@@ -387,22 +408,23 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 			}
 		}
 		for i, ep := range eps {
+			ap := netip.AddrPortFrom(ep.IP, ep.Port)
 			var pick string
 			if i < len(eps)-1 {
 				pick = "-m statistic --mode random --probability " + probability(len(eps)-i)
 			}
 			if perEndpoint {
-				rules = append(rules, rule{match: pick, target: "-j " + sep[netip.AddrPortFrom(ep.IP, ep.Port)]}.String())
+				rules = append(rules, rule{match: pick, target: "-j " + sep[ap]}.String())
 				continue
 			}
-			src := hostString(ep.IP)
+			t := text[ap]
 			if pick == "" {
-				rules = append(rules, rule{src: src, target: "-j " + chainMarkMasq}.String(), rule{proto: proto, target: dnatTo(ep)}.String())
+				rules = append(rules, rule{src: t.src, target: "-j " + chainMarkMasq}.String(), rule{proto: proto, target: t.dnat}.String())
 				continue
 			}
-			drawn[netip.AddrPortFrom(ep.IP, ep.Port)] = true
-			rules = append(rules, rule{src: src, match: pick, target: "-j " + hairpin}.String(),
-				rule{src: src, srcNot: true, proto: proto, match: pick, target: dnatTo(ep)}.String())
+			drawn[ap] = true
+			rules = append(rules, rule{src: t.src, match: pick, target: "-j " + hairpin}.String(),
+				rule{src: t.src, srcNot: true, proto: proto, match: pick, target: t.dnat}.String())
 		}
 		return fr.add(tableNAT, prefix+hash, rules)
 	}
@@ -411,8 +433,8 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 	if len(drawn) > 0 {
 		rules := []string{rule{target: "-j " + chainMarkMasq}.String()}
 		for _, ep := range eps {
-			if drawn[netip.AddrPortFrom(ep.IP, ep.Port)] {
-				rules = append(rules, rule{src: hostString(ep.IP), proto: proto, target: dnatTo(ep)}.String())
+			if ap := netip.AddrPortFrom(ep.IP, ep.Port); drawn[ap] {
+				rules = append(rules, rule{src: text[ap].src, proto: proto, target: text[ap].dnat}.String())
 			}
 		}
 		fr.add(tableNAT, hairpin, rules)
