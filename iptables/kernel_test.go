@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
@@ -581,4 +582,51 @@ func TestStagedSync(t *testing.T) {
 	if len(bl.payloads) != 4 {
 		t.Errorf("legacy: %d restores, want one per table and family", len(bl.payloads))
 	}
+}
+
+// TestAdoptEndpointChains: a node programmed with kube-proxy's layout of
+// one chain per endpoint (svcproxy before SVCP-HPN-*) is taken over by a
+// restarted svcproxy in one full sync: the policy chain is rewritten, the
+// hairpin chain created, the endpoint chains deleted, nothing else.
+func TestAdoptEndpointChains(t *testing.T) {
+	eachMode(t, func(t *testing.T, m Mode) {
+		ns := sandbox.New(t, "ipt")
+		sa, _ := incrementalStates(t, nil)
+		syncAndCompare(t, ns, m, New(WithNetNS(ns.Name), WithMode(m)), sa)
+		key := proxy.Key{Namespace: "t", Name: "web", Protocol: proxy.TCP, Port: "http"}.String()
+		svc, hpn := hashName(prefixSVC, key), hashName(prefixHPN, key)
+		var seps []string
+		old := "*nat\n:" + svc + " - [0:0]\n:" + hpn + " - [0:0]\n" // flushed, then deleted
+		var rules string
+		for i, ip := range []string{"10.244.1.11", "10.244.1.12"} {
+			sep := endpointChain(key, netip.MustParseAddrPort(ip+":8080"))
+			seps = append(seps, sep)
+			old += ":" + sep + " - [0:0]\n"
+			pick := "-m statistic --mode random --probability 0.50000000000 "
+			if i == 1 {
+				pick = ""
+			}
+			rules += "-A " + svc + " " + pick + "-j " + sep + "\n" +
+				"-A " + sep + " -s " + ip + "/32 -j SVCP-MARK-MASQ\n" +
+				"-A " + sep + " -p tcp -j DNAT --to-destination " + ip + ":8080\n"
+		}
+		restoreText(t, ns, m, proxy.IPv4, old+rules+"-X "+hpn+"\nCOMMIT\n")
+		if l := kernelListing(t, ns, m); !strings.Contains(l, ":"+seps[0]+" ") || strings.Contains(l, ":"+hpn+" ") {
+			t.Fatalf("the old layout is not in place:\n%s", l)
+		}
+
+		b := New(WithNetNS(ns.Name))
+		syncAndCompare(t, ns, m, b, sa)
+		var deleted []string
+		for _, l := range strings.Split(strings.Join(b.payloads, ""), "\n") {
+			if d, ok := strings.CutPrefix(l, "-X "); ok {
+				deleted = append(deleted, d)
+			}
+		}
+		slices.Sort(deleted)
+		slices.Sort(seps)
+		if !slices.Equal(deleted, seps) {
+			t.Errorf("deleted %v, want the endpoint chains %v", deleted, seps)
+		}
+	})
 }
