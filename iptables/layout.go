@@ -341,11 +341,12 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 
 	// Endpoint choice. kube-proxy gives every endpoint a chain of its own
 	// (hairpin masquerade, then DNAT), reached by a -m statistic cascade.
-	// Those were nine chains in ten, and the iptables tools pay per chain:
-	// iptables-restore (libxtables) looks every -j target, DNAT included,
-	// up in a list of the declared chain names hashed into 512 buckets, so
-	// a cold restore is quadratic in the chains (10k services, 111k
-	// chains: 2/3 of iptables-legacy-restore's 3.5 s of user time).
+	// Those were nine chains in ten, and iptables-restore pays per chain:
+	// every -j target, DNAT included, is looked up by name among the
+	// declared chains (libxtables: 512 hash buckets of lists; libiptc: a
+	// coarse index, then a list walk), so a cold restore is quadratic in
+	// the chains (10k services, 111k chains: 55 % of
+	// iptables-legacy-restore's CPU in strcmp).
 	// Without affinity a port has no endpoint chain: each cascade step is
 	// two rules drawing with the same probability, of which the packet
 	// meets exactly one (their -s / ! -s exclude each other and are tested
