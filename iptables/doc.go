@@ -7,7 +7,8 @@
 //
 //	nat     SVCP-SERVICES, SVCP-NODEPORTS (dispatch), SVCP-MARK-MASQ,
 //	        SVCP-POSTROUTING, and per service port SVCP-SVC-*, SVCP-SVL-*,
-//	        SVCP-EXT-*, SVCP-SEP-* (one per endpoint)
+//	        SVCP-HPN-* (hairpin), SVCP-EXT-*, and, with session affinity,
+//	        SVCP-SEP-* (one per endpoint)
 //	filter  SVCP-INPUT, SVCP-FORWARD, SVCP-OUTPUT (per hook), SVCP-FIREWALL,
 //	        SVCP-SERVICES, SVCP-NODEPORTS (reject / drop), and per service
 //	        port SVCP-FW-* (load-balancer source ranges)

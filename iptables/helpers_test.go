@@ -112,15 +112,21 @@ var renderCases = []renderCase{
 		want: []string{
 			`-A SVCP-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "t/web/tcp/http" -m tcp --dport 80 -g SVCP-SVC-*`,
 			`-A SVCP-SVC-* ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m comment --comment "t/web/tcp/http" -m tcp --dport 80 -j SVCP-MARK-MASQ`,
-			`-A SVCP-SVC-* -m statistic --mode random --probability 0.33333333349 -j SVCP-SEP-*`,
-			`-A SVCP-SVC-* -m statistic --mode random --probability 0.50000000000 -j SVCP-SEP-*`,
-			`-A SVCP-SEP-* -s 10.244.2.13/32 -j SVCP-MARK-MASQ`,
-			`-A SVCP-SEP-* -p tcp -j DNAT --to-destination 10.244.2.13:8080`,
+			`-A SVCP-SVC-* -s 10.244.1.11/32 -m statistic --mode random --probability 0.33333333349 -j SVCP-HPN-*`,
+			`-A SVCP-SVC-* ! -s 10.244.1.11/32 -p tcp -m statistic --mode random --probability 0.33333333349 -j DNAT --to-destination 10.244.1.11:8080`,
+			`-A SVCP-SVC-* -s 10.244.1.12/32 -m statistic --mode random --probability 0.50000000000 -j SVCP-HPN-*`,
+			`-A SVCP-SVC-* ! -s 10.244.1.12/32 -p tcp -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.244.1.12:8080`,
+			`-A SVCP-SVC-* -s 10.244.2.13/32 -j SVCP-MARK-MASQ`,
+			`-A SVCP-SVC-* -p tcp -j DNAT --to-destination 10.244.2.13:8080`,
+			`-A SVCP-HPN-* -j SVCP-MARK-MASQ`,
+			`-A SVCP-HPN-* -s 10.244.1.11/32 -p tcp -j DNAT --to-destination 10.244.1.11:8080`,
+			`-A SVCP-HPN-* -s 10.244.1.12/32 -p tcp -j DNAT --to-destination 10.244.1.12:8080`,
 			`-A SVCP-POSTROUTING -j MASQUERADE --random-fully`,
 			`-A PREROUTING -m comment --comment svcproxy -j SVCP-SERVICES`,
 			`-A INPUT -m conntrack --ctstate NEW -m comment --comment svcproxy -j SVCP-INPUT`,
 		},
-		notWant: []string{"REJECT", "DROP", "recent", "SVCP-EXT-"},
+		// 10.244.2.13 is drawn last, by no draw: no hairpin DNAT for it.
+		notWant: []string{"REJECT", "DROP", "recent", "SVCP-EXT-", "SVCP-SEP-", "-s 10.244.2.13/32 -p tcp"},
 	},
 	{
 		name: "no-endpoints",
@@ -189,10 +195,32 @@ status: {loadBalancer: {ingress: [{ip: 198.51.100.15}, {ip: "2001:db8::15"}]}}`)
 			`-A SVCP-SERVICES -d fd00:96::17/128 -p sctp -m comment --comment "t/ds/sctp/s" -m sctp --dport 80 -g SVCP-SVC-*`,
 			`-A SVCP-SERVICES -d 2001:db8::17/128 -p sctp -m comment --comment "t/ds/sctp/s" -m sctp --dport 80 -g SVCP-EXT-*`,
 			`-A SVCP-SVC-* ! -s fd00:244::/56 -d fd00:96::17/128 -p sctp -m comment --comment "t/ds/sctp/s" -m sctp --dport 80 -j SVCP-MARK-MASQ`,
-			`-A SVCP-SEP-* -s fd00:244::13/128 -j SVCP-MARK-MASQ`,
-			`-A SVCP-SEP-* -p sctp -j DNAT --to-destination [fd00:244::13]:8080`,
+			`-A SVCP-SVC-* -s fd00:244::12/128 -m statistic --mode random --probability 0.50000000000 -j SVCP-HPN-*`,
+			`-A SVCP-SVC-* ! -s fd00:244::12/128 -p sctp -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination [fd00:244::12]:8080`,
+			`-A SVCP-SVC-* -s fd00:244::13/128 -j SVCP-MARK-MASQ`,
+			`-A SVCP-SVC-* -p sctp -j DNAT --to-destination [fd00:244::13]:8080`,
+			`-A SVCP-HPN-* -s fd00:244::12/128 -p sctp -j DNAT --to-destination [fd00:244::12]:8080`,
 			`-A SVCP-SERVICES ! -d ::1/128 -m addrtype --dst-type LOCAL -j SVCP-NODEPORTS`,
 		},
+	},
+	{
+		// Two endpoints on one address (two slices, two target ports): the
+		// sender's address cannot tell them apart, so the port keeps
+		// kube-proxy's per-endpoint chains.
+		name: "shared-endpoint-address",
+		manifests: svcYAML("two", `spec: {clusterIP: 10.96.0.21, ports: [{name: http, port: 80}]}`) +
+			strings.Replace(sliceYAML("two", "IPv4", "http", "TCP", "b1"), "two-ipv4", "two-a", 1) +
+			strings.Replace(strings.Replace(sliceYAML("two", "IPv4", "http", "TCP", "b1", "b2"), "two-ipv4", "two-b", 1), "port: 8080", "port: 8081", 1),
+		want: []string{
+			`-A SVCP-SVC-* -m statistic --mode random --probability 0.33333333349 -j SVCP-SEP-*`,
+			`-A SVCP-SVC-* -m statistic --mode random --probability 0.50000000000 -j SVCP-SEP-*`,
+			`-A SVCP-SVC-* -j SVCP-SEP-*`,
+			`-A SVCP-SEP-* -s 10.244.1.11/32 -j SVCP-MARK-MASQ`,
+			`-A SVCP-SEP-* -p tcp -j DNAT --to-destination 10.244.1.11:8080`,
+			`-A SVCP-SEP-* -p tcp -j DNAT --to-destination 10.244.1.11:8081`,
+			`-A SVCP-SEP-* -p tcp -j DNAT --to-destination 10.244.1.12:8081`,
+		},
+		notWant: []string{"SVCP-HPN-"},
 	},
 	{
 		name: "internal-traffic-policy-local",
@@ -201,9 +229,10 @@ status: {loadBalancer: {ingress: [{ip: 198.51.100.15}, {ip: "2001:db8::15"}]}}`)
 		want: []string{
 			`-A SVCP-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment "t/itl/tcp/http" -m tcp --dport 80 -g SVCP-SVL-*`,
 			`-A SVCP-SVL-* ! -s 10.244.0.0/16 -d 10.96.0.20/32 -p tcp -m comment --comment "t/itl/tcp/http" -m tcp --dport 80 -j SVCP-MARK-MASQ`,
-			`-A SVCP-SVL-* -j SVCP-SEP-*`,
+			`-A SVCP-SVL-* -s 10.244.1.11/32 -j SVCP-MARK-MASQ`,
+			`-A SVCP-SVL-* -p tcp -j DNAT --to-destination 10.244.1.11:8080`,
 		},
-		notWant: []string{"SVCP-SVC-", "10.244.2.13"},
+		notWant: []string{"SVCP-SVC-", "10.244.2.13", "SVCP-SEP-", "SVCP-HPN-"},
 	},
 	{
 		name: "masquerade-all-nodeport-addresses",
@@ -217,7 +246,8 @@ status: {loadBalancer: {ingress: [{ip: 198.51.100.15}, {ip: "2001:db8::15"}]}}`)
 			`-A SVCP-SVC-* -d 10.96.0.10/32 -p tcp -m comment --comment "t/np/tcp/http" -m tcp --dport 80 -j SVCP-MARK-MASQ`,
 			`-A SVCP-SERVICES -d 192.168.50.2/32 -j SVCP-NODEPORTS`,
 			`-A SVCP-INPUT -d 192.168.50.2/32 -j SVCP-NODEPORTS`,
-			`-A SVCP-SVC-* -j SVCP-SEP-*`,
+			`-A SVCP-SVC-* -s 10.244.1.11/32 -j SVCP-MARK-MASQ`,
+			`-A SVCP-SVC-* -p tcp -j DNAT --to-destination 10.244.1.11:8080`,
 		},
 		notWant: []string{"! -s 10.244.0.0/16", "! -d 127.0.0.0/8"},
 	},

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -128,7 +130,7 @@ func incrementalYAML(b bool) string {
 		svcYAML("web", `spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}`) +
 		sliceYAML("web", "IPv4", "http", "TCP", "b1", "b2", "b3") +
 		svcYAML("fresh", `spec: {clusterIP: 10.96.0.32, ports: [{name: http, port: 80}]}`) +
-		sliceYAML("fresh", "IPv4", "http", "TCP", "b2") +
+		sliceYAML("fresh", "IPv4", "http", "TCP", "b2", "b3") +
 		svcYAML("sticky", `spec: {clusterIP: 10.96.0.13, sessionAffinity: ClientIP, ports: [{name: http, port: 80}]}`) +
 		sliceYAML("sticky", "IPv4", "http", "TCP", "b1", "b2")
 }
@@ -141,6 +143,28 @@ func chainsOf(s *proxy.State, name string) []string {
 	for _, c := range service(ipv4, fs, sp).chains {
 		out = append(out, c.name)
 	}
+	return out
+}
+
+// droppedChains are the chains of the IPv4 services of a that b has not
+// (those of removed services, and those a changed service no longer needs,
+// e.g. its hairpin chain once it has affinity).
+func droppedChains(a, b *proxy.State) []string {
+	kept := map[string]bool{}
+	for _, sp := range b.IPv4.Services {
+		for _, c := range service(ipv4, b.IPv4, sp).chains {
+			kept[c.name] = true
+		}
+	}
+	var out []string
+	for _, sp := range a.IPv4.Services {
+		for _, c := range service(ipv4, a.IPv4, sp).chains {
+			if !kept[c.name] {
+				out = append(out, c.name)
+			}
+		}
+	}
+	slices.Sort(out)
 	return out
 }
 
@@ -181,8 +205,11 @@ func TestIncrementalSync(t *testing.T) {
 				deleted = append(deleted, strings.TrimPrefix(l, "-X "))
 			}
 		}
-		if gone := chainsOf(sa, "gone"); len(deleted) != len(gone) {
-			t.Errorf("deleted %v, want only the chains of the removed service %v", deleted, gone)
+		slices.Sort(deleted)
+		// gone's chains, and sticky's hairpin chain (it now has affinity,
+		// hence per-endpoint chains).
+		if want := droppedChains(sa, sb); !slices.Equal(deleted, want) || len(want) != len(chainsOf(sa, "gone"))+1 {
+			t.Errorf("deleted %v, want only the chains no service has any more %v", deleted, want)
 		}
 		t.Logf("payload: first sync %d bytes, incremental %d bytes", len(full), len(partial))
 
@@ -277,7 +304,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 			t.Errorf("jump counter went from %d to %d: the jump was re-inserted", before, after)
 		}
 		wantDeleted := map[string]bool{leftover: true, "-D " + strings.TrimPrefix(oldJump, "-A "): true}
-		for _, c := range chainsOf(sa, "gone") {
+		for _, c := range droppedChains(sa, sb) {
 			wantDeleted[c] = true
 		}
 		for _, l := range strings.Split(strings.Join(b.payloads, ""), "\n") {
@@ -555,4 +582,51 @@ func TestStagedSync(t *testing.T) {
 	if len(bl.payloads) != 4 {
 		t.Errorf("legacy: %d restores, want one per table and family", len(bl.payloads))
 	}
+}
+
+// TestAdoptEndpointChains: a node programmed with kube-proxy's layout of
+// one chain per endpoint (svcproxy before SVCP-HPN-*) is taken over by a
+// restarted svcproxy in one full sync: the policy chain is rewritten, the
+// hairpin chain created, the endpoint chains deleted, nothing else.
+func TestAdoptEndpointChains(t *testing.T) {
+	eachMode(t, func(t *testing.T, m Mode) {
+		ns := sandbox.New(t, "ipt")
+		sa, _ := incrementalStates(t, nil)
+		syncAndCompare(t, ns, m, New(WithNetNS(ns.Name), WithMode(m)), sa)
+		key := proxy.Key{Namespace: "t", Name: "web", Protocol: proxy.TCP, Port: "http"}.String()
+		svc, hpn := hashName(prefixSVC, key), hashName(prefixHPN, key)
+		var seps []string
+		old := "*nat\n:" + svc + " - [0:0]\n:" + hpn + " - [0:0]\n" // flushed, then deleted
+		var rules string
+		for i, ip := range []string{"10.244.1.11", "10.244.1.12"} {
+			sep := endpointChain(key, netip.MustParseAddrPort(ip+":8080"))
+			seps = append(seps, sep)
+			old += ":" + sep + " - [0:0]\n"
+			pick := "-m statistic --mode random --probability 0.50000000000 "
+			if i == 1 {
+				pick = ""
+			}
+			rules += "-A " + svc + " " + pick + "-j " + sep + "\n" +
+				"-A " + sep + " -s " + ip + "/32 -j SVCP-MARK-MASQ\n" +
+				"-A " + sep + " -p tcp -j DNAT --to-destination " + ip + ":8080\n"
+		}
+		restoreText(t, ns, m, proxy.IPv4, old+rules+"-X "+hpn+"\nCOMMIT\n")
+		if l := kernelListing(t, ns, m); !strings.Contains(l, ":"+seps[0]+" ") || strings.Contains(l, ":"+hpn+" ") {
+			t.Fatalf("the old layout is not in place:\n%s", l)
+		}
+
+		b := New(WithNetNS(ns.Name))
+		syncAndCompare(t, ns, m, b, sa)
+		var deleted []string
+		for _, l := range strings.Split(strings.Join(b.payloads, ""), "\n") {
+			if d, ok := strings.CutPrefix(l, "-X "); ok {
+				deleted = append(deleted, d)
+			}
+		}
+		slices.Sort(deleted)
+		slices.Sort(seps)
+		if !slices.Equal(deleted, seps) {
+			t.Errorf("deleted %v, want the endpoint chains %v", deleted, seps)
+		}
+	})
 }

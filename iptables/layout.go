@@ -21,9 +21,11 @@ import (
 //	    -d VIP -p P --dport N -g SVCP-SVC-*|SVCP-SVL-*|SVCP-EXT-*   (one rule per destination)
 //	    NodePort addresses -j SVCP-NODEPORTS: -p P --dport NP -g SVCP-EXT-*
 //	SVCP-EXT-*: masquerade or short-circuit, then SVCP-SVC-* or SVCP-SVL-*
-//	SVCP-SVC-* / SVCP-SVL-*: masquerade off-cluster ClusterIP traffic,
-//	    affinity (-m recent --rcheck), -m statistic cascade ─▶ SVCP-SEP-*:
-//	    hairpin masquerade, affinity update (-m recent --set), DNAT
+//	SVCP-SVC-* / SVCP-SVL-*: masquerade off-cluster ClusterIP traffic, then
+//	    a -m statistic cascade, two rules a step: from the endpoint itself
+//	    ─▶ SVCP-HPN-* (hairpin masquerade, DNAT), from elsewhere DNAT;
+//	    with affinity, kube-proxy's: -m recent --rcheck, cascade ─▶
+//	    SVCP-SEP-*: hairpin masquerade, -m recent --set, DNAT
 //	nat POSTROUTING ─▶ SVCP-POSTROUTING: masquerade packets marked 0x4000
 //
 //	filter INPUT / FORWARD / OUTPUT, ctstate NEW ─▶ SVCP-INPUT / SVCP-FORWARD / SVCP-OUTPUT:
@@ -48,9 +50,10 @@ import (
 //   - endpoints are picked by kube-proxy's cascade of -m statistic
 //     --probability 1/(n-i) rules, the last one unconditional (nft: numgen).
 //   - hairpin traffic (an endpoint reaching itself through the Service) is
-//     marked in the endpoint's own chain, by source address, as kube-proxy
-//     does; nft marks it in postrouting (source == destination, from a set
-//     of endpoint addresses). Same packets masqueraded.
+//     marked by source address once the endpoint is chosen, as kube-proxy's
+//     endpoint chains do (but in the service's SVCP-HPN-* chain, see
+//     service); nft marks it in postrouting (source == destination, from a
+//     set of endpoint addresses). Same packets masqueraded.
 //
 // Chain names are stable: SVCP-<kind>-<16 base32 chars of sha256 of the
 // service key> (and of the endpoint for SVCP-SEP-*). A changed service keeps
@@ -75,7 +78,8 @@ const (
 	prefixSVL = "SVCP-SVL-" // local-policy endpoints
 	prefixEXT = "SVCP-EXT-" // external destinations
 	prefixFW  = "SVCP-FW-"  // load-balancer source ranges (filter table)
-	prefixSEP = "SVCP-SEP-" // one endpoint
+	prefixSEP = "SVCP-SEP-" // one endpoint (affinity)
+	prefixHPN = "SVCP-HPN-" // hairpin: an endpoint reaching itself
 
 	// masqMark is the packet mark bit that asks for masquerading
 	// (kube-proxy's 0x4000, as in the nftables backend).
@@ -179,6 +183,7 @@ type rule struct {
 
 func (r rule) String() string {
 	var b strings.Builder
+	b.Grow(len(r.src) + len(r.dst) + len(r.comment) + len(r.match) + len(r.target) + 24) // one allocation
 	sep := func() {
 		if b.Len() > 0 {
 			b.WriteByte(' ')
@@ -275,6 +280,23 @@ func commentMatch(text string) string {
 // keeps it as a multiple of 2^-31, printed with 11 decimals. (The i-th of
 // n rules of a cascade has 1/(n-i).)
 func probability(n int) string {
+	if n < len(probabilities) {
+		return probabilities[n]
+	}
+	return formatProbability(n)
+}
+
+// probabilities holds probability(n) for the endpoint counts of nearly
+// every Service, formatted once rather than per cascade step.
+var probabilities = func() []string {
+	p := make([]string, 256)
+	for n := 1; n < len(p); n++ {
+		p[n] = formatProbability(n)
+	}
+	return p
+}()
+
+func formatProbability(n int) string {
 	v := math.Round(float64(1<<31) / float64(n))
 	return fmt.Sprintf("%.11f", v/float64(1<<31))
 }
@@ -317,23 +339,55 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 	proto := sp.Key.Protocol
 	hash := hashName("", key)
 
-	// Endpoint chains, one per endpoint either policy uses. They and the
-	// rules choosing them carry no comment, as in kube-proxy's large-cluster
-	// mode: they are nearly all the rules, and a comment is a match of its
-	// own (a 256-byte one in the legacy table blob, which every sync
-	// rewrites; an xt compat expression in nft), a third of the time of a
-	// restore. The service's key is in the dispatch rules that lead here.
-	sep := map[netip.AddrPort]string{}
-	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
+	// Endpoint choice. kube-proxy gives every endpoint a chain of its own
+	// (hairpin masquerade, then DNAT), reached by a -m statistic cascade.
+	// Those were nine chains in ten, and iptables-restore pays per chain:
+	// every -j target, DNAT included, is looked up by name among the
+	// declared chains (libxtables: 512 hash buckets of lists; libiptc: a
+	// coarse index, then a list walk), so a cold restore is quadratic in
+	// the chains (10k services, 111k chains: 55 % of
+	// iptables-legacy-restore's CPU in strcmp).
+	// Without affinity a port has no endpoint chain: each cascade step is
+	// two rules drawing with the same probability, of which the packet
+	// meets exactly one (their -s / ! -s exclude each other and are tested
+	// before the draw) — from the endpoint's own address to SVCP-HPN-*
+	// (mark for masquerade, then DNAT to the sender's address, which is
+	// that endpoint's), from any other straight to DNAT. The last step
+	// draws nothing: it marks a hairpin packet, then DNATs. The same
+	// endpoint probabilities and the same packets masqueraded as with
+	// kube-proxy's chains. With affinity (the -m recent lists are per
+	// endpoint chain), or when two endpoints share an address (the
+	// sender's address would not tell them apart), the port keeps
+	// kube-proxy's endpoint chains.
+	//
+	// The endpoint chains and the rules choosing them carry no comment, as
+	// in kube-proxy's large-cluster mode: they are nearly all the rules, and
+	// a comment is a match of its own (a 256-byte one in the legacy table
+	// blob, which every sync rewrites; an xt compat expression in nft), a
+	// third of the time of a restore. The service's key is in the dispatch
+	// rules that lead here.
+	eps := unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints)
+	type epText struct{ src, dnat string } // -s ADDR/32, -j DNAT --to-destination ADDR:PORT
+	text := make(map[netip.AddrPort]epText, len(eps))
+	for _, ep := range eps {
 		ap := netip.AddrPortFrom(ep.IP, ep.Port)
-		name := endpointChain(key, ap)
-		rules := []string{rule{src: hostString(ep.IP), target: "-j " + chainMarkMasq}.String()}
-		if sp.AffinitySeconds > 0 {
-			rules = append(rules, rule{match: "-m recent --set --name " + name + " --mask " + f.recentMask + " --rsource"}.String())
-		}
-		rules = append(rules, rule{proto: proto, target: "-j DNAT --to-destination " + addrPortString(ap)}.String())
-		sep[ap] = fr.add(tableNAT, name, rules)
+		text[ap] = epText{hostString(ep.IP), "-j DNAT --to-destination " + addrPortString(ap)}
 	}
+	perEndpoint := sp.AffinitySeconds > 0 || sharedAddress(eps)
+	sep := map[netip.AddrPort]string{}
+	if perEndpoint {
+		for _, ep := range eps {
+			ap := netip.AddrPortFrom(ep.IP, ep.Port)
+			name := endpointChain(key, ap)
+			rules := []string{rule{src: text[ap].src, target: "-j " + chainMarkMasq}.String()}
+			if sp.AffinitySeconds > 0 {
+				rules = append(rules, rule{match: "-m recent --set --name " + name + " --mask " + f.recentMask + " --rsource"}.String())
+			}
+			rules = append(rules, rule{proto: proto, target: text[ap].dnat}.String())
+			sep[ap] = fr.add(tableNAT, name, rules)
+		}
+	}
+	hairpin, drawn := prefixHPN+hash, map[netip.AddrPort]bool{} // the endpoints a cascade step draws
 
 	// Policy chains: pick an endpoint. The chain ClusterIP traffic enters
 	// also masquerades it when it comes from off the cluster.
@@ -342,7 +396,7 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 		if len(eps) == 0 {
 			return ""
 		}
-		var rules []string
+		rules := make([]string, 0, 1+3*len(eps))
 		if internal && masq != "" {
 			rules = append(rules, masq)
 		}
@@ -355,16 +409,37 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 			}
 		}
 		for i, ep := range eps {
-			r := rule{target: "-j " + sep[netip.AddrPortFrom(ep.IP, ep.Port)]}
+			ap := netip.AddrPortFrom(ep.IP, ep.Port)
+			var pick string
 			if i < len(eps)-1 {
-				r.match = "-m statistic --mode random --probability " + probability(len(eps)-i)
+				pick = "-m statistic --mode random --probability " + probability(len(eps)-i)
 			}
-			rules = append(rules, r.String())
+			if perEndpoint {
+				rules = append(rules, rule{match: pick, target: "-j " + sep[ap]}.String())
+				continue
+			}
+			t := text[ap]
+			if pick == "" {
+				rules = append(rules, rule{src: t.src, target: "-j " + chainMarkMasq}.String(), rule{proto: proto, target: t.dnat}.String())
+				continue
+			}
+			drawn[ap] = true
+			rules = append(rules, rule{src: t.src, match: pick, target: "-j " + hairpin}.String(),
+				rule{src: t.src, srcNot: true, proto: proto, match: pick, target: t.dnat}.String())
 		}
 		return fr.add(tableNAT, prefix+hash, rules)
 	}
 	clusterChain := policyChain(prefixSVC, sp.ClusterEndpoints, !sp.InternalPolicyLocal)
 	localChain := policyChain(prefixSVL, sp.LocalEndpoints, sp.InternalPolicyLocal)
+	if len(drawn) > 0 {
+		rules := []string{rule{target: "-j " + chainMarkMasq}.String()}
+		for _, ep := range eps {
+			if ap := netip.AddrPortFrom(ep.IP, ep.Port); drawn[ap] {
+				rules = append(rules, rule{src: text[ap].src, proto: proto, target: text[ap].dnat}.String())
+			}
+		}
+		fr.add(tableNAT, hairpin, rules)
+	}
 	internalChain := clusterChain
 	if sp.InternalPolicyLocal {
 		internalChain = localChain
@@ -459,6 +534,17 @@ func clusterIPMasquerade(fs *proxy.FamilyState, sp *proxy.ServicePort, cm string
 		r.src, r.srcNot = prefixString(notFrom), true
 	}
 	return r.String()
+}
+
+// sharedAddress reports whether two of eps (sorted by address) have the
+// same IP.
+func sharedAddress(eps []proxy.Endpoint) bool {
+	for i := 1; i < len(eps); i++ {
+		if eps[i].IP == eps[i-1].IP {
+			return true
+		}
+	}
+	return false
 }
 
 func unionEndpoints(a, b []proxy.Endpoint) []proxy.Endpoint {

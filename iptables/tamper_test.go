@@ -70,7 +70,7 @@ func TestTamperingIsCounted(t *testing.T) {
 		noRepair("a full sync after recovery")
 
 		ipt4, ipt6 := command(m, proxy.IPv4, ""), command(m, proxy.IPv6, "")
-		web := chainsOf(sa, "web") // SVC first, then one SEP per endpoint
+		web := chainsOf(sa, "web") // SVC, then its hairpin chain
 		svc, sep := web[0], web[1]
 		for _, tamper := range [][][]string{
 			{{ipt4, "-t", "nat", "-F", chainServices}},
