@@ -565,8 +565,9 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 	if err := addElems(sk); err != nil {
 		return nil, err
 	}
+	fr := &fragment{}
 	for _, sp := range fs.Services {
-		fr := service(f, fs, sp)
+		serviceInto(fr, f, fs, sp)
 		for _, ch := range fr.chains {
 			if !ch.shared {
 				if !c.live[ch.name] {

@@ -162,10 +162,18 @@ func skeleton(f *family, fs *proxy.FamilyState) *fragment {
 // service lays out one service port: its chains, its sets, and the map
 // elements that make it reachable.
 func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+	return serviceInto(&fragment{}, f, fs, sp)
+}
+
+// serviceInto lays out a service port into fr, reusing its slices: a full
+// sync lays out every port in turn and lets each fragment go once sent.
+// Only the slices are reused; chains and sets are new each time.
+func serviceInto(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+	fr.chains, fr.sets, fr.elems, fr.hairpin = fr.chains[:0], fr.sets[:0], fr.elems[:0], fr.hairpin[:0]
 	if sp.AffinitySeconds > 0 {
-		return affinityService(f, fs, sp)
+		return affinityService(fr, f, fs, sp)
 	}
-	return pooledService(f, fs, sp)
+	return pooledService(fr, f, fs, sp)
 }
 
 // pooledService lays out a service port without affinity as data: its
@@ -173,13 +181,15 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 // of endpoints and the same routes, whose `numgen random mod N` indexes
 // the endpoint maps, which hold the service's endpoints. The port has no
 // chain of its own (but for source ranges).
-func pooledService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
-	fr := &fragment{}
+func pooledService(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
 	proto := sp.Key.Protocol
-	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
-		fr.hairpin = append(fr.hairpin, ep.IP)
+	fr.hairpin = appendUnionIPs(fr.hairpin, sp.ClusterEndpoints, sp.LocalEndpoints)
+	// Room for the elements: each destination's, and its endpoints'.
+	dests := 1 + len(sp.ExternalIPs) + len(sp.LoadBalancerIPs)
+	if sp.NodePort != 0 {
+		dests++
 	}
-	fr.hairpin = slices.Compact(fr.hairpin)
+	fr.elems = slices.Grow(fr.elems, dests*(1+len(sp.ClusterEndpoints)+len(sp.LocalEndpoints))+len(sp.LoadBalancerIPs))
 
 	// fill puts the endpoints for one destination into the endpoint map
 	// of chain ch for the role.
@@ -315,8 +325,7 @@ func (fr *fragment) noEndpoints(sp *proxy.ServicePort, externalIPs []netip.Addr)
 // affinityService lays out a service port with ClientIP affinity as
 // kube-proxy does: chains of its own, and per endpoint a chain and a set
 // remembering its clients.
-func affinityService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
-	fr := &fragment{}
+func affinityService(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
 	key := sp.Key.String()
 	proto := sp.Key.Protocol
 
@@ -438,6 +447,27 @@ func noEndpointVerdict(v proxy.Verdict) verdict {
 		return vDrop
 	}
 	return goTo(chainReject)
+}
+
+// appendUnionIPs appends the addresses of two endpoint lists, each sorted
+// by address, merged in order without duplicates.
+func appendUnionIPs(out []netip.Addr, a, b []proxy.Endpoint) []netip.Addr {
+	start := len(out)
+	add := func(ip netip.Addr) {
+		if len(out) == start || out[len(out)-1] != ip {
+			out = append(out, ip)
+		}
+	}
+	for len(a) > 0 || len(b) > 0 {
+		if len(b) == 0 || (len(a) > 0 && a[0].IP.Compare(b[0].IP) <= 0) {
+			add(a[0].IP)
+			a = a[1:]
+		} else {
+			add(b[0].IP)
+			b = b[1:]
+		}
+	}
+	return out
 }
 
 func unionEndpoints(a, b []proxy.Endpoint) []proxy.Endpoint {
