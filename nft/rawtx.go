@@ -28,13 +28,15 @@ const (
 	elemListMax = 0xffff &^ 3
 	// rawChunk is the allocation unit of a raw batch.
 	rawChunk = 1 << 20
-	// prefillBytes bounds a transaction that fills sets no packet can
-	// reach yet (see fullSync), so that little is held at once.
-	prefillBytes = 4 << 20
 	// rawAckTimeout only guards against waiting forever for replies the
 	// kernel has already queued (it processes a batch inside sendmsg).
 	rawAckTimeout = time.Minute
 )
+
+// prefillBytes bounds a transaction that fills sets no packet can reach
+// yet (see fullSync), so that little is held at once. A variable for
+// tests.
+var prefillBytes = 4 << 20
 
 // rawBatch is one kernel transaction being encoded: head, then the
 // chunks, then tail, each holding whole messages.
