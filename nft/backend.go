@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -320,26 +319,6 @@ func (b *Backend) tampered(f *family, c *committed, chains, sets map[string]bool
 	return err != nil || len(els) != c.serviceIPs
 }
 
-// setCreationOrder puts the per-endpoint affinity sets last. The kernel
-// finds a set named in a message by walking the table's sets in creation
-// order, comparing names: with thousands of affinity sets ahead of them,
-// every element message to the maps paid for the walk (a fifth of a 50k
-// cold sync).
-func setCreationOrder(sets map[string]*setDef) []string {
-	names := sortedKeys(sets)
-	slices.SortStableFunc(names, func(a, b string) int {
-		return cmp.Compare(boolRank(sets[a].kind == affinity), boolRank(sets[b].kind == affinity))
-	})
-	return names
-}
-
-func boolRank(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // chainRank orders chain creation so that every chain exists before a
 // rule refers to it: leaves first, base chains last.
 func chainRank(c *chainDef) int {
@@ -399,10 +378,7 @@ func (bt *batcher) flush() error {
 }
 
 // kernelNames is what a full sync found in the kernel for one family.
-type kernelNames struct {
-	chains, sets map[string]bool
-	present      bool
-}
+type kernelNames struct{ chains, sets map[string]bool }
 
 // fullRun is one full sync in progress.
 type fullRun struct {
@@ -429,9 +405,7 @@ type fullRun struct {
 //     longer wanted, so that no half-written service is ever reachable.
 //
 // Chains and sets found in the kernel but not wanted are flushed now and
-// deleted at the next sync. Per-endpoint affinity sets are created after
-// all others, and their chains, the skeleton's and other per-service
-// chains last, leaves first.
+// deleted at the next sync.
 func (b *Backend) fullSync(s *proxy.State) error {
 	fss := s.Families()
 	kernel := make([]kernelNames, len(fss))
@@ -446,7 +420,7 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			repaired = true
 			klog.InfoS("nftables rules were changed by someone else; repairing", "family", f.keyword)
 		}
-		kernel[i] = kernelNames{chains: chains, sets: sets, present: present}
+		kernel[i] = kernelNames{chains: chains, sets: sets}
 	}
 	r := &fullRun{b: b, bt: &batcher{b: b}, pre: &rawBatch{}, pub: &rawBatch{}}
 	fams := map[*family]*committed{}
@@ -501,6 +475,12 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 	}
 	t.addTable(f)
 	streams := map[string]*elemStream{}
+	// Per-endpoint affinity sets are created after all others: the kernel
+	// finds a set named in a message by walking the table's sets in
+	// creation order, comparing names, and with thousands of affinity sets
+	// ahead of them every element message to the maps paid for the walk (a
+	// fifth of a 50k cold sync). Per-service chains, which read them, and
+	// the skeleton's come after them, leaves first.
 	var lateSets []*setDef
 	var lateChains []*chainDef
 	// useSet registers a wanted set; reachable: a rule that packets can

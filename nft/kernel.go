@@ -128,11 +128,6 @@ func (t *tx) delSet(f *family, name string) {
 	t.msgs++
 }
 
-func (t *tx) flushSet(f *family, s *setDef) {
-	t.conn.FlushSet(t.nlSet(f, s))
-	t.msgs++
-}
-
 // flushSetNamed removes all elements of a set known only by name (the
 // kernel needs no more to flush it).
 func (t *tx) flushSetNamed(f *family, name string) {
