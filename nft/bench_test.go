@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/svcproxy/svcproxy/proxy"
@@ -120,6 +121,12 @@ type heapMeter struct {
 	base, retained, peakLive, peakInUse uint64
 	done                                chan struct{}
 	wg                                  sync.WaitGroup
+	// The process's CPU time during the sync, summed over runs: user
+	// (Go, GC included) and system (mostly the kernel processing our
+	// transactions, inside sendmsg).
+	ru0       unix.Rusage
+	user, sys time.Duration
+	runs      int
 }
 
 func heapNow(samples []metrics.Sample) (live, inUse uint64) {
@@ -133,6 +140,7 @@ func (h *heapMeter) start() {
 	runtime.ReadMemStats(&ms)
 	h.base, h.peakLive, h.peakInUse = ms.HeapAlloc, ms.HeapAlloc, ms.HeapAlloc
 	h.done = make(chan struct{})
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &h.ru0)
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
@@ -153,6 +161,11 @@ func (h *heapMeter) start() {
 
 // stop ends the sampling; the caller keeps the Backend alive past it.
 func (h *heapMeter) stop() {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	h.user += time.Duration(ru.Utime.Nano() - h.ru0.Utime.Nano())
+	h.sys += time.Duration(ru.Stime.Nano() - h.ru0.Stime.Nano())
+	h.runs++
 	close(h.done)
 	h.wg.Wait()
 	runtime.GC()
@@ -167,6 +180,8 @@ func (h *heapMeter) report(b *testing.B) {
 	b.ReportMetric(mib(h.retained), "retained-MiB")
 	b.ReportMetric(mib(h.peakLive-min(h.peakLive, h.base)), "peakLive-MiB")
 	b.ReportMetric(mib(h.peakInUse-min(h.peakInUse, h.base)), "peakHeap-MiB")
+	b.ReportMetric(h.user.Seconds()/float64(h.runs), "user-s/sync")
+	b.ReportMetric(h.sys.Seconds()/float64(h.runs), "sys-s/sync")
 }
 
 // peakRSSMiB is the process's peak resident set size (VmHWM).
