@@ -378,27 +378,33 @@ func (bt *batcher) flush() error {
 }
 
 // kernelNames is what a full sync found in the kernel for one family.
-type kernelNames struct{ chains, sets map[string]bool }
+type kernelNames struct {
+	chains, sets map[string]bool
+	present      bool
+}
 
 // fullRun is one full sync in progress.
 type fullRun struct {
-	b   *Backend
-	bt  *batcher // sets and chains
-	pre *rawBatch
-	pub *rawBatch // the publishing transaction
+	b       *Backend
+	bt      *batcher  // the table, sets, deletes
+	pre     *rawBatch // chains, and elements of unreachable sets
+	pub     *rawBatch // the publishing transaction
+	scratch []byte
 }
 
 // fullSync writes the whole desired state. Each service port's fragment
-// is built once and let go as it is sent: its sets and chains go into
-// google/nftables transactions (created when missing, existing chains
-// flushed and refilled in one transaction each), its elements are
-// streamed set by set into raw batches (rawtx.go). Two kinds of sets:
+// is built once and let go as it is sent: its sets go into google/nftables
+// transactions (created when missing), its chains and elements into raw
+// batches (rawtx.go), chains created or rewritten in place (flushed and
+// refilled in one transaction), elements streamed set by set. Two kinds of
+// sets:
 //
 //   - an endpoint map this sync creates, for a shared chain it creates:
 //     no packet can reach it before a dispatch map points at the chain,
-//     so its elements are committed as they accumulate, in transactions
-//     of a few MiB, after the map and chain exist (the chain's rules
-//     thus bind to an empty map, which the kernel does not walk);
+//     so its elements are committed as they accumulate, with chains, in
+//     transactions of a few MiB, after the map and chain exist (the
+//     chain's rules thus bind to an empty map, which the kernel does not
+//     walk);
 //   - every other set (the dispatch maps, which make services reachable,
 //     the hairpin set, maps that already existed): flushed and refilled
 //     in one last transaction, which also flushes the chains and sets no
@@ -420,7 +426,7 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			repaired = true
 			klog.InfoS("nftables rules were changed by someone else; repairing", "family", f.keyword)
 		}
-		kernel[i] = kernelNames{chains: chains, sets: sets}
+		kernel[i] = kernelNames{chains: chains, sets: sets, present: present}
 	}
 	r := &fullRun{b: b, bt: &batcher{b: b}, pre: &rawBatch{}, pub: &rawBatch{}}
 	fams := map[*family]*committed{}
@@ -442,6 +448,9 @@ func (b *Backend) fullSync(s *proxy.State) error {
 	if err := b.sendRaw(r.pre); err != nil {
 		return err
 	}
+	if debugHeap != nil {
+		debugHeap()
+	}
 	if err := b.sendRaw(r.pub); err != nil {
 		return err
 	}
@@ -452,8 +461,27 @@ func (b *Backend) fullSync(s *proxy.State) error {
 	return nil
 }
 
-// sendPrefill commits the elements gathered for unreachable sets, after
-// the sets and chains created so far.
+// addChain queues the creation or rewrite of a chain.
+func (r *fullRun) addChain(f *family, c *chainDef, exists bool) error {
+	var err error
+	if r.scratch, err = appendChain(r.pre, r.scratch, &r.b.seq, f, c, exists); err != nil {
+		return err
+	}
+	return r.maybeSendPrefill()
+}
+
+// maybeSendPrefill sends the chains and prefilled elements gathered once
+// they are many. The message bound is google/nftables' (maxMessages):
+// every message's acknowledgement must fit the socket's receive buffer.
+func (r *fullRun) maybeSendPrefill() error {
+	if r.pre.size < prefillBytes && r.pre.msgs < maxMessages {
+		return nil
+	}
+	return r.sendPrefill()
+}
+
+// sendPrefill commits the chains and the elements gathered for
+// unreachable sets, after the sets created so far.
 func (r *fullRun) sendPrefill() error {
 	if err := r.bt.flush(); err != nil {
 		return err
@@ -469,11 +497,15 @@ func (r *fullRun) sendPrefill() error {
 // transaction) and returns what it will have committed.
 func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *committed) (*committed, error) {
 	c := newCommitted()
-	t, err := r.bt.tx()
-	if err != nil {
-		return nil, err
+	if !k.present {
+		// Only then: a transaction that changes nothing does not advance
+		// the ruleset generation, which Sync expects of each.
+		t, err := r.bt.tx()
+		if err != nil {
+			return nil, err
+		}
+		t.addTable(f)
 	}
-	t.addTable(f)
 	streams := map[string]*elemStream{}
 	// Per-endpoint affinity sets are created after all others: the kernel
 	// finds a set named in a message by walking the table's sets in
@@ -496,8 +528,8 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 		}
 		out := r.pub
 		if k.sets[sd.name] || reachable {
-			r.pub.head = flushSetMsg(r.pub.head, r.b.nextSeq(), f, sd.name)
-			r.pub.msgs++
+			r.scratch = flushSetMsg(r.scratch[:0], r.b.nextSeq(), f, sd.name)
+			r.pub.addHead(r.scratch)
 		} else {
 			out = r.pre
 		}
@@ -523,10 +555,8 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 				c.serviceIPs++
 			}
 			es.add(e.el)
-			if r.pre.size >= prefillBytes {
-				if err := r.sendPrefill(); err != nil {
-					return err
-				}
+			if err := r.maybeSendPrefill(); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -569,11 +599,9 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 					return nil, err
 				}
 			}
-			t, err := r.bt.tx()
-			if err != nil {
+			if err := r.addChain(f, ch, exists); err != nil {
 				return nil, err
 			}
-			t.addChain(f, ch, exists)
 		}
 		for _, sd := range fr.sets {
 			if err := useSet(sd, true); err != nil {
@@ -608,11 +636,9 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 	}
 	sortChains(lateChains)
 	for _, ch := range lateChains {
-		t, err := r.bt.tx()
-		if err != nil {
+		if err := r.addChain(f, ch, k.chains[ch.name]); err != nil {
 			return nil, err
 		}
-		t.addChain(f, ch, k.chains[ch.name])
 	}
 
 	// Objects the previous sync flushed are deleted now (sets first:
@@ -632,8 +658,8 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 			continue
 		}
 		c.staleSets[n] = true
-		r.pub.tail = flushSetMsg(r.pub.tail, r.b.nextSeq(), f, n)
-		r.pub.msgs++
+		r.scratch = flushSetMsg(r.scratch[:0], r.b.nextSeq(), f, n)
+		r.pub.addTail(r.scratch)
 	}
 	for _, n := range sortedKeys(k.chains) {
 		if c.live[n] {
@@ -648,8 +674,8 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 			continue
 		}
 		c.staleChains[n] = true
-		r.pub.tail = flushChainMsg(r.pub.tail, r.b.nextSeq(), f, n)
-		r.pub.msgs++
+		r.scratch = flushChainMsg(r.scratch[:0], r.b.nextSeq(), f, n)
+		r.pub.addTail(r.scratch)
 	}
 	return c, nil
 }
@@ -998,3 +1024,5 @@ func sendElems(t *tx, f *family, byName map[string]*setDef, els []setElem, del b
 	}
 	return nil
 }
+
+var debugHeap func()

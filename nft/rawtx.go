@@ -6,21 +6,24 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// Full syncs send their set elements in transactions that svcproxy
-// encodes itself, straight into the bytes handed to the kernel.
-// google/nftables makes several small allocations per element, keeps every
-// message of a transaction until Flush and then copies all of them twice
-// more into one buffer; for the million elements of a 50k-service cold
-// sync that was most of the sync's allocations and, as the transaction was
+// Full syncs send their set elements, chains and rules in transactions
+// that svcproxy encodes itself, straight into the bytes handed to the
+// kernel. google/nftables makes several small allocations per element,
+// asks the kernel to echo every rule back, keeps every message of a
+// transaction until Flush and then copies all of them twice more into one
+// buffer; for the million elements and 26k rules of a 50k-service cold
+// sync that was most of the sync's allocations and, as a transaction was
 // held whole, a large part of its peak heap. A raw batch holds only
-// encoded messages, in chunks sent as they are (one sendmsg with an
-// iovec per chunk), and holds element and flush messages only: sets and
-// chains, which need nft's type and expression encodings, still go through
-// google/nftables, in transactions of their own before.
+// encoded messages, in chunks sent as they are (one sendmsg with an iovec
+// per chunk). Rule expressions are still encoded by google/nftables
+// (expr.Marshal); sets, whose creation carries nft's type descriptions,
+// are still created through it, in transactions of their own before.
 
 const (
 	// elemListMax bounds the encoded element list of one message: it is
@@ -45,6 +48,9 @@ type rawBatch struct {
 	chunks     [][]byte
 	msgs       int
 	size       int // bytes of the chunks
+	// Where the last message of each part starts: the last one sent alone
+	// asks for an acknowledgement (see sendRaw).
+	lastHead, lastChunk, lastTail int
 }
 
 // add appends one complete message to the chunks.
@@ -54,9 +60,35 @@ func (rb *rawBatch) add(msg []byte) {
 		rb.chunks = append(rb.chunks, make([]byte, 0, max(rawChunk, len(msg))))
 		n++
 	}
+	rb.lastChunk = len(rb.chunks[n-1])
 	rb.chunks[n-1] = append(rb.chunks[n-1], msg...)
 	rb.msgs++
 	rb.size += len(msg)
+}
+
+// addHead appends a message sent before the chunks.
+func (rb *rawBatch) addHead(msg []byte) {
+	rb.lastHead = len(rb.head)
+	rb.head = append(rb.head, msg...)
+	rb.msgs++
+}
+
+// addTail appends a message sent after the chunks.
+func (rb *rawBatch) addTail(msg []byte) {
+	rb.lastTail = len(rb.tail)
+	rb.tail = append(rb.tail, msg...)
+	rb.msgs++
+}
+
+// lastMsg is the message sent last.
+func (rb *rawBatch) lastMsg() []byte {
+	switch {
+	case len(rb.tail) > 0:
+		return rb.tail[rb.lastTail:]
+	case rb.size > 0:
+		return rb.chunks[len(rb.chunks)-1][rb.lastChunk:]
+	}
+	return rb.head[rb.lastHead:]
 }
 
 // reset empties the batch, keeping its first chunk for reuse.
@@ -67,8 +99,6 @@ func (rb *rawBatch) reset() {
 	rb.head, rb.tail = rb.head[:0], rb.tail[:0]
 	rb.msgs, rb.size = 0, 0
 }
-
-func (rb *rawBatch) empty() bool { return rb.msgs == 0 }
 
 // Netlink encoding: headers in host order, nftables values big-endian.
 var ne = binary.NativeEndian
@@ -200,7 +230,7 @@ func (es *elemStream) add(e element) {
 	}
 	if es.n == 0 {
 		*es.seq++
-		es.msg, es.msgOff = beginMsg(es.msg[:0], unix.NFT_MSG_NEWSETELEM, unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE, *es.seq, byte(es.f.table))
+		es.msg, es.msgOff = beginMsg(es.msg[:0], unix.NFT_MSG_NEWSETELEM, unix.NLM_F_REQUEST|unix.NLM_F_CREATE, *es.seq, byte(es.f.table))
 		es.msg = attrString(es.msg, unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
 		es.msg = attrString(es.msg, unix.NFTA_SET_ELEM_LIST_SET, es.s.name)
 		es.msg, es.listOff = attrStart(es.msg, unix.NFTA_SET_ELEM_LIST_ELEMENTS|unix.NLA_F_NESTED)
@@ -222,7 +252,7 @@ func (es *elemStream) finish() {
 
 // flushSetMsg appends a message removing every element of a set.
 func flushSetMsg(b []byte, seq uint32, f *family, set string) []byte {
-	b, off := beginMsg(b, unix.NFT_MSG_DELSETELEM, unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq, byte(f.table))
+	b, off := beginMsg(b, unix.NFT_MSG_DELSETELEM, unix.NLM_F_REQUEST, seq, byte(f.table))
 	b = attrString(b, unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
 	b = attrString(b, unix.NFTA_SET_ELEM_LIST_SET, set)
 	endMsg(b, off)
@@ -231,11 +261,60 @@ func flushSetMsg(b []byte, seq uint32, f *family, set string) []byte {
 
 // flushChainMsg appends a message removing every rule of a chain.
 func flushChainMsg(b []byte, seq uint32, f *family, chain string) []byte {
-	b, off := beginMsg(b, unix.NFT_MSG_DELRULE, unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq, byte(f.table))
+	b, off := beginMsg(b, unix.NFT_MSG_DELRULE, unix.NLM_F_REQUEST, seq, byte(f.table))
 	b = attrString(b, unix.NFTA_RULE_TABLE, TableName)
 	b = attrString(b, unix.NFTA_RULE_CHAIN, chain)
 	endMsg(b, off)
 	return b
+}
+
+// appendChain appends to rb the messages that create chain c (a no-op if
+// it exists) and append its rules, as tx.addChain does; with flush, the
+// chain's rules are removed first. scratch is reused for each message and
+// returned.
+func appendChain(rb *rawBatch, scratch []byte, seq *uint32, f *family, c *chainDef, flush bool) ([]byte, error) {
+	next := func() uint32 { *seq++; return *seq }
+	b, off := beginMsg(scratch[:0], unix.NFT_MSG_NEWCHAIN, unix.NLM_F_REQUEST|unix.NLM_F_CREATE, next(), byte(f.table))
+	b = attrString(b, unix.NFTA_CHAIN_TABLE, TableName)
+	b = attrString(b, unix.NFTA_CHAIN_NAME, c.name)
+	var h, list int
+	if c.base != nil {
+		var v [4]byte
+		b, h = attrStart(b, unix.NFTA_CHAIN_HOOK|unix.NLA_F_NESTED)
+		binary.BigEndian.PutUint32(v[:], uint32(c.base.hook))
+		b = attrBytes(b, unix.NFTA_HOOK_HOOKNUM, v[:])
+		binary.BigEndian.PutUint32(v[:], uint32(c.base.priority))
+		b = attrBytes(b, unix.NFTA_HOOK_PRIORITY, v[:])
+		b = attrEnd(b, h)
+		binary.BigEndian.PutUint32(v[:], uint32(nftables.ChainPolicyAccept))
+		b = attrBytes(b, unix.NFTA_CHAIN_POLICY, v[:])
+		b = attrString(b, unix.NFTA_CHAIN_TYPE, string(c.base.typ))
+	}
+	endMsg(b, off)
+	rb.add(b)
+	if flush {
+		b = flushChainMsg(b[:0], next(), f, c.name)
+		rb.add(b)
+	}
+	for _, r := range c.rules {
+		b, off = beginMsg(b[:0], unix.NFT_MSG_NEWRULE, unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_APPEND, next(), byte(f.table))
+		b = attrString(b, unix.NFTA_RULE_TABLE, TableName)
+		b = attrString(b, unix.NFTA_RULE_CHAIN, c.name)
+		b, list = attrStart(b, unix.NFTA_RULE_EXPRESSIONS|unix.NLA_F_NESTED)
+		for _, st := range r {
+			for _, e := range st.exprs(f, nil) {
+				enc, err := expr.Marshal(byte(f.table), e)
+				if err != nil {
+					return b, fmt.Errorf("chain %s: %w", c.name, err)
+				}
+				b = attrBytes(b, unix.NFTA_LIST_ELEM|unix.NLA_F_NESTED, enc)
+			}
+		}
+		b = attrEnd(b, list)
+		endMsg(b, off)
+		rb.add(b)
+	}
+	return b, nil
 }
 
 func batchMsg(typ uint16, seq uint32) []byte {
@@ -280,17 +359,23 @@ func (b *Backend) closeRawConn() {
 }
 
 // sendRaw commits rb as one transaction; on error the kernel has applied
-// none of it. Every message asks for an acknowledgement, as google/nftables
-// does: the kernel queues one per message (an error for a refused one)
-// while it processes the batch, inside sendmsg.
+// none of it. Only the last message asks for an acknowledgement: the
+// kernel processes a batch inside sendmsg and then replies, in message
+// order, with an error for each refused message, or one for the whole
+// batch if the commit fails, before the acknowledgements; so the batch
+// committed if and only if the last message's acknowledgement is the
+// first reply and says so. (google/nftables asks one for every message,
+// and an echo of every rule: 60k replies to read in a 50k cold sync.)
 func (b *Backend) sendRaw(rb *rawBatch) error {
-	if rb.empty() {
+	if rb.msgs == 0 {
 		return nil
 	}
 	c, err := b.rawConn()
 	if err != nil {
 		return err
 	}
+	last := rb.lastMsg()
+	ne.PutUint16(last[6:], ne.Uint16(last[6:])|unix.NLM_F_ACK)
 	b.seq++
 	bufs := [][]byte{batchMsg(unix.NFNL_MSG_BATCH_BEGIN, b.seq)}
 	if len(rb.head) > 0 {
@@ -302,7 +387,7 @@ func (b *Backend) sendRaw(rb *rawBatch) error {
 	}
 	b.seq++
 	bufs = append(bufs, batchMsg(unix.NFNL_MSG_BATCH_END, b.seq))
-	err = b.sendAndAck(c, bufs, rb.msgs)
+	err = sendAndAck(c, bufs, ne.Uint32(last[8:]))
 	if err != nil {
 		// Unread replies would confuse the next exchange.
 		b.closeRawConn()
@@ -313,7 +398,9 @@ func (b *Backend) sendRaw(rb *rawBatch) error {
 	return nil
 }
 
-func (b *Backend) sendAndAck(c *netlink.Conn, bufs [][]byte, msgs int) error {
+// sendAndAck sends bufs in one sendmsg and waits for the acknowledgement
+// of message lastSeq; any error reply before it is the batch's failure.
+func sendAndAck(c *netlink.Conn, bufs [][]byte, lastSeq uint32) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
@@ -332,16 +419,15 @@ func (b *Backend) sendAndAck(c *netlink.Conn, bufs [][]byte, msgs int) error {
 		return err
 	}
 	defer c.SetReadDeadline(time.Time{})
-	for acked := 0; acked < msgs; {
+	for {
 		replies, err := c.Receive()
 		if err != nil {
 			return err // an error reply: the batch was refused
 		}
 		for _, m := range replies {
-			if m.Header.Type == netlink.Error {
-				acked++
+			if m.Header.Type == netlink.Error && m.Header.Sequence == lastSeq {
+				return nil
 			}
 		}
 	}
-	return nil
 }
