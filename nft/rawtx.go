@@ -46,6 +46,7 @@ var prefillBytes = 4 << 20
 type rawBatch struct {
 	head, tail []byte
 	chunks     [][]byte
+	spare      [][]byte // emptied chunks, for reuse
 	msgs       int
 	size       int // bytes of the chunks
 	// Where the last message of each part starts: the last one sent alone
@@ -57,7 +58,13 @@ type rawBatch struct {
 func (rb *rawBatch) add(msg []byte) {
 	n := len(rb.chunks)
 	if n == 0 || cap(rb.chunks[n-1])-len(rb.chunks[n-1]) < len(msg) {
-		rb.chunks = append(rb.chunks, make([]byte, 0, max(rawChunk, len(msg))))
+		var c []byte
+		if k := len(rb.spare); k > 0 && cap(rb.spare[k-1]) >= len(msg) {
+			c, rb.spare = rb.spare[k-1], rb.spare[:k-1]
+		} else {
+			c = make([]byte, 0, max(rawChunk, len(msg)))
+		}
+		rb.chunks = append(rb.chunks, c)
 		n++
 	}
 	rb.lastChunk = len(rb.chunks[n-1])
@@ -91,11 +98,12 @@ func (rb *rawBatch) lastMsg() []byte {
 	return rb.head[rb.lastHead:]
 }
 
-// reset empties the batch, keeping its first chunk for reuse.
+// reset empties the batch, keeping its chunks for reuse.
 func (rb *rawBatch) reset() {
-	if len(rb.chunks) > 0 {
-		rb.chunks = append(rb.chunks[:0], rb.chunks[0][:0])
+	for _, c := range rb.chunks {
+		rb.spare = append(rb.spare, c[:0])
 	}
+	rb.chunks = rb.chunks[:0]
 	rb.head, rb.tail = rb.head[:0], rb.tail[:0]
 	rb.msgs, rb.size = 0, 0
 }
