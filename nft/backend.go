@@ -448,9 +448,6 @@ func (b *Backend) fullSync(s *proxy.State) error {
 	if err := b.sendRaw(r.pre); err != nil {
 		return err
 	}
-	if debugHeap != nil {
-		debugHeap()
-	}
 	if err := b.sendRaw(r.pub); err != nil {
 		return err
 	}
@@ -471,10 +468,9 @@ func (r *fullRun) addChain(f *family, c *chainDef, exists bool) error {
 }
 
 // maybeSendPrefill sends the chains and prefilled elements gathered once
-// they are many. The message bound is google/nftables' (maxMessages):
-// every message's acknowledgement must fit the socket's receive buffer.
+// they are many.
 func (r *fullRun) maybeSendPrefill() error {
-	if r.pre.size < prefillBytes && r.pre.msgs < maxMessages {
+	if r.pre.size < prefillBytes {
 		return nil
 	}
 	return r.sendPrefill()
@@ -1024,5 +1020,3 @@ func sendElems(t *tx, f *family, byName map[string]*setDef, els []setElem, del b
 	}
 	return nil
 }
-
-var debugHeap func()
