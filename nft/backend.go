@@ -896,6 +896,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		// The messages queued on the connection must not reach the
 		// kernel: drop the connection with them.
 		b.closeConn()
+		b.lastFull = true
 		return b.fullSync(s)
 	}
 	if err := t.flush(); err != nil {

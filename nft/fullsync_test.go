@@ -80,3 +80,27 @@ func TestFailedFullSyncExposesNothing(t *testing.T) {
 		t.Error("the sync after a failure was not a full one")
 	}
 }
+
+// An incremental sync too large for one transaction becomes a full sync,
+// and none of the incremental transaction's queued messages reach the
+// kernel.
+func TestLargeIncrementalSyncFallsBackToFull(t *testing.T) {
+	sandbox.Require(t, "nft")
+	ns := sandbox.New(t, "fallback")
+	b := New(WithNetNS(ns.FD()))
+	in := scale.Cluster(20, 10)
+	syncAndCompare(t, ns, b, proxy.Build(in, scale.Config()))
+
+	old := maxMessages
+	maxMessages = 50
+	t.Cleanup(func() { maxMessages = old })
+	for i := range 10 { // new counts: new chains and maps, removed ones
+		in.EndpointSlices[i] = scale.Slice(i, 10, 1+i%5)
+	}
+	syncAndCompare(t, ns, b, proxy.Build(in, scale.Config()))
+	if !b.LastSyncFull() {
+		t.Fatal("the large change was synced incrementally")
+	}
+	in.EndpointSlices[3] = scale.Slice(3, 10, 0)
+	syncAndCompare(t, ns, b, proxy.Build(in, scale.Config()))
+}
