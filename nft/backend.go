@@ -18,11 +18,11 @@ import (
 )
 
 // Backend programs a proxy.State as nftables rules over netlink. It keeps
-// what it last committed in memory and sends only what changed; it never
-// lists the kernel's table on a regular sync. The first sync, a sync after
-// a failure, and a sync after RequestFullSync rewrite everything instead
-// (in place, atomically per chain), which adopts a table left by a
-// previous run and repairs tampering.
+// the last State it committed, plus names and reference counts, and sends
+// only what changed; it never lists the kernel's table on a regular sync.
+// The first sync, a sync after a failure, and a sync after RequestFullSync
+// rewrite everything instead (in place, atomically per chain), which
+// adopts a table left by a previous run and repairs tampering.
 //
 // A Backend is safe for concurrent use; syncs are serialised.
 type Backend struct {

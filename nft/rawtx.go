@@ -17,7 +17,7 @@ import (
 // kernel. google/nftables makes several small allocations per element,
 // asks the kernel to echo every rule back, keeps every message of a
 // transaction until Flush and then copies all of them twice more into one
-// buffer; for the million elements and 26k rules of a 50k-service cold
+// buffer; for the million elements and 20k rules of a 50k-service cold
 // sync that was most of the sync's allocations and, as a transaction was
 // held whole, a large part of its peak heap. A raw batch holds only
 // encoded messages, in chunks sent as they are (one sendmsg with an iovec
@@ -373,7 +373,7 @@ func (b *Backend) closeRawConn() {
 // batch if the commit fails, before the acknowledgements; so the batch
 // committed if and only if the last message's acknowledgement is the
 // first reply and says so. (google/nftables asks one for every message,
-// and an echo of every rule: 60k replies to read in a 50k cold sync.)
+// and an echo of every rule: ~52k replies to read in a 50k cold sync.)
 func (b *Backend) sendRaw(rb *rawBatch) error {
 	if rb.msgs == 0 {
 		return nil
