@@ -54,6 +54,43 @@ func BenchmarkColdSync(b *testing.B) {
 	}
 }
 
+// BenchmarkRestartSync is the first sync of a new Backend (a restarted
+// svcproxy) on a node that already holds the same N services × 10
+// endpoints: a full sync that adopts the table, rewriting every chain in
+// place and replacing every map's elements in its publishing transaction.
+func BenchmarkRestartSync(b *testing.B) {
+	sandbox.Require(b, "nft")
+	for _, n := range benchScales {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			st := proxy.Build(scale.Cluster(n, 10), scale.Config())
+			ns := sandbox.New(b, "bench")
+			first := New(WithNetNS(ns.FD()))
+			if err := first.Sync(context.Background(), st); err != nil {
+				b.Fatal(err)
+			}
+			first.Close()
+			var msgs int
+			var hm heapMeter
+			for b.Loop() {
+				b.StopTimer()
+				be := New(WithNetNS(ns.FD()))
+				hm.start()
+				b.StartTimer()
+				if err := be.Sync(context.Background(), st); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				hm.stop()
+				be.Close()
+				b.StartTimer()
+				msgs = be.lastMessages
+			}
+			b.ReportMetric(float64(msgs), "msgs/sync")
+			hm.report(b)
+		})
+	}
+}
+
 // BenchmarkOneChangeSync changes one service per sync, back and forth, on
 // a node already holding N services × 10 endpoints: "remove" drops one
 // endpoint (the endpoint count changes), "replace" moves one endpoint to
