@@ -571,7 +571,7 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 	if err := addElems(sk); err != nil {
 		return nil, err
 	}
-	fr := &fragment{}
+	fr := &fragment{shared: newSharedChains()}
 	for _, sp := range fs.Services {
 		serviceInto(fr, f, fs, sp)
 		for _, ch := range fr.chains {

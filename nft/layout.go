@@ -3,6 +3,7 @@ package nft
 import (
 	"crypto/sha256"
 	"encoding/base32"
+	"hash/maphash"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -99,6 +100,50 @@ type fragment struct {
 	// hairpin lists the endpoint addresses of the fragment; @hairpin-ips
 	// holds the union over all fragments.
 	hairpin []netip.Addr
+	// shared, if set, remembers the shared chains built so far (see
+	// sharedChains).
+	shared *sharedChains
+}
+
+// sharedChains lets a full sync build each shared chain once: a shared
+// chain depends only on its prefix and rules, and the thousands of ports
+// of a family share a few dozen, each of which would otherwise be printed,
+// hashed and cloned again per port.
+type sharedChains struct {
+	seed maphash.Seed
+	m    map[uint64][]sharedChain
+}
+
+type sharedChain struct {
+	prefix string
+	rules  []rule
+	chain  *chainDef
+}
+
+func newSharedChains() *sharedChains {
+	return &sharedChains{seed: maphash.MakeSeed(), m: map[uint64][]sharedChain{}}
+}
+
+func (sc *sharedChains) key(prefix string, rules []rule) uint64 {
+	var h maphash.Hash
+	h.SetSeed(sc.seed)
+	h.WriteString(prefix)
+	for _, r := range rules {
+		maphash.WriteComparable(&h, len(r))
+		for _, st := range r {
+			maphash.WriteComparable(&h, st)
+		}
+	}
+	return h.Sum64()
+}
+
+func (sc *sharedChains) get(k uint64, prefix string, rules []rule) *chainDef {
+	for _, e := range sc.m[k] {
+		if e.prefix == prefix && slices.EqualFunc(e.rules, rules, slices.Equal[rule]) {
+			return e.chain
+		}
+	}
+	return nil
 }
 
 type setElem struct {
@@ -496,6 +541,14 @@ func (fr *fragment) chain(f *family, prefix, key string, rules []rule) string {
 // content names the endpoint maps of its picks by role; the chain gets
 // maps of its own for them (pickMap).
 func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
+	var key uint64
+	if fr.shared != nil {
+		key = fr.shared.key(prefix, rules)
+		if c := fr.shared.get(key, prefix, rules); c != nil {
+			fr.chains = append(fr.chains, c)
+			return c.name
+		}
+	}
 	var content strings.Builder
 	for _, r := range rules {
 		content.WriteString(r.text(f))
@@ -523,6 +576,9 @@ func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
 		c.rules = append(c.rules, own)
 	}
 	fr.chains = append(fr.chains, c)
+	if fr.shared != nil {
+		fr.shared.m[key] = append(fr.shared.m[key], sharedChain{prefix: prefix, rules: rules, chain: c})
+	}
 	return c.name
 }
 
