@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,17 +18,20 @@ import (
 )
 
 // Backend programs a proxy.State as nftables rules over netlink. It keeps
-// what it last committed in memory and sends only what changed; it never
-// lists the kernel's table on a regular sync. The first sync, a sync after
-// a failure, and a sync after RequestFullSync rewrite everything instead
-// (in place, atomically per chain), which adopts a table left by a
-// previous run and repairs tampering.
+// the last State it committed, plus names and reference counts, and sends
+// only what changed; it never lists the kernel's table on a regular sync.
+// The first sync, a sync after a failure, and a sync after RequestFullSync
+// rewrite everything instead (in place, atomically per chain), which
+// adopts a table left by a previous run and repairs tampering.
 //
 // A Backend is safe for concurrent use; syncs are serialised.
 type Backend struct {
 	netnsFD int
 	conn    *nftables.Conn // lasting; nil until first use and after an error
-	genConn *netlink.Conn  // for generation(); nil until first use and after an error
+	// genConn carries the generation queries and the raw element
+	// transactions (rawtx.go); nil until first use and after an error.
+	genConn *netlink.Conn
+	seq     uint32 // of raw messages
 
 	mu       sync.Mutex
 	fullNext bool
@@ -48,25 +50,79 @@ type Backend struct {
 	// repairs counts full syncs that found the kernel changed behind our
 	// back (see tampered).
 	repairs uint64
-	last    *proxy.State
-	fams    map[*family]*committed
+	// last is the State of the last successful sync: what the kernel
+	// holds, service port by service port. A port's previous fragment is
+	// rebuilt from it when the port changes or goes (service is
+	// deterministic), so no fragment is kept.
+	last *proxy.State
+	fams map[*family]*committed
 }
 
-// committed is what the kernel holds for one family, as far as we know.
+// committed is what the kernel holds for one family, as far as we know,
+// beyond what last says: the names of what we created, and the reference
+// counts that decide when a shared object goes. Nothing here is per
+// service port.
 type committed struct {
-	skeleton *fragment
-	services map[proxy.Key]*fragment
-	live     map[string]bool // chains
-	sets     map[string]bool
+	live map[string]bool // chains
+	sets map[string]bool
 	// Flushed chains and unreferenced sets, deleted at the next sync.
 	staleChains map[string]bool
 	staleSets   map[string]bool
-	// hairpin counts the services using each endpoint address; the
+	// hairpin counts the service ports using each endpoint address; the
 	// address is in @hairpin-ips while its count is positive.
-	hairpin map[netip.Addr]int
+	hairpin addrCounts
 	// refs counts the service ports using each shared chain; the chain
 	// lives while its count is positive.
 	refs map[string]int
+	// serviceIPs is the element count of @service-ips (see tampered).
+	serviceIPs int
+}
+
+func newCommitted() *committed {
+	return &committed{live: map[string]bool{}, sets: map[string]bool{}, staleChains: map[string]bool{},
+		staleSets: map[string]bool{}, hairpin: newAddrCounts(), refs: map[string]int{}}
+}
+
+// addrCounts counts per address, compactly (8 bytes a slot for IPv4
+// instead of 32 for a map keyed by netip.Addr): at 50k services × 10
+// endpoints it holds half a million addresses.
+type addrCounts struct {
+	v4 map[[4]byte]int32
+	v6 map[[16]byte]int32
+}
+
+func newAddrCounts() addrCounts {
+	return addrCounts{v4: map[[4]byte]int32{}, v6: map[[16]byte]int32{}}
+}
+
+func (a addrCounts) get(ip netip.Addr) int {
+	if ip.Is4() {
+		return int(a.v4[ip.As4()])
+	}
+	return int(a.v6[ip.As16()])
+}
+
+// set records n users of ip; 0 forgets it.
+func (a addrCounts) set(ip netip.Addr, n int) {
+	switch {
+	case ip.Is4() && n == 0:
+		delete(a.v4, ip.As4())
+	case ip.Is4():
+		a.v4[ip.As4()] = int32(n)
+	case n == 0:
+		delete(a.v6, ip.As16())
+	default:
+		a.v6[ip.As16()] = int32(n)
+	}
+}
+
+func (a addrCounts) each(fn func(netip.Addr)) {
+	for k := range a.v4 {
+		fn(netip.AddrFrom4(k))
+	}
+	for k := range a.v6 {
+		fn(netip.AddrFrom16(k))
+	}
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -220,10 +276,7 @@ func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closeConn()
-	if b.genConn != nil {
-		b.genConn.Close()
-		b.genConn = nil
-	}
+	b.closeRawConn()
 	return nil
 }
 
@@ -235,10 +288,10 @@ func (b *Backend) Repairs() uint64 {
 	return b.repairs
 }
 
-// tampered reports whether the kernel differs from what we committed, as
-// far as cheap checks tell: the table, every chain and set we created, the
-// rule count of the services chain (an inserted or flushed rule shows
-// there), and the element count of the service-ips map.
+// tampered reports whether the kernel differs from what we committed (c,
+// and the last State), as far as cheap checks tell: the table, every chain
+// and set we created, the rule count of the services chain (an inserted or
+// flushed rule shows there), and the element count of the service-ips map.
 func (b *Backend) tampered(f *family, c *committed, chains, sets map[string]bool, present bool) bool {
 	if !present {
 		return true
@@ -259,39 +312,11 @@ func (b *Backend) tampered(f *family, c *committed, chains, sets map[string]bool
 	}
 	tb := t.table(f)
 	rules, err := t.conn.GetRules(tb, t.chainRef(f, chainServices))
-	if err != nil || len(rules) != len(chainsOf(c.skeleton)[chainServices].rules) {
+	if err != nil || len(rules) != len(chainsOf(skeleton(f, b.last.Family(f.Family)))[chainServices].rules) {
 		return true
 	}
-	want := 0
-	for _, fr := range c.services {
-		for _, e := range fr.elems {
-			if e.set == mapServiceIPs {
-				want++
-			}
-		}
-	}
 	els, err := t.conn.GetSetElements(&nftables.Set{Table: tb, Name: mapServiceIPs})
-	return err != nil || len(els) != want
-}
-
-// setCreationOrder puts the per-endpoint affinity sets last. The kernel
-// finds a set named in a message by walking the table's sets in creation
-// order, comparing names: with thousands of affinity sets ahead of them,
-// every element message to the maps paid for the walk (a fifth of a 50k
-// cold sync).
-func setCreationOrder(sets map[string]*setDef) []string {
-	names := sortedKeys(sets)
-	slices.SortStableFunc(names, func(a, b string) int {
-		return cmp.Compare(boolRank(sets[a].kind == affinity), boolRank(sets[b].kind == affinity))
-	})
-	return names
-}
-
-func boolRank(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
+	return err != nil || len(els) != c.serviceIPs
 }
 
 // chainRank orders chain creation so that every chain exists before a
@@ -342,30 +367,56 @@ func (bt *batcher) tx() (*tx, error) {
 	return t, err
 }
 
-// fullSync writes the whole desired state. Chains are created or
-// rewritten (flush and refill in one transaction each) in as many
-// transactions as needed; the map elements that make services reachable
-// are replaced last, in one transaction, so that no half-written service
-// is ever reachable. Chains and sets found in the kernel but no longer
-// wanted are flushed now and deleted at the next sync.
+// flush commits the transaction being built, if any.
+func (bt *batcher) flush() error {
+	t := bt.cur
+	bt.cur = nil
+	if t == nil {
+		return nil
+	}
+	return t.flush()
+}
+
+// kernelNames is what a full sync found in the kernel for one family.
+type kernelNames struct {
+	chains, sets map[string]bool
+	present      bool
+}
+
+// fullRun is one full sync in progress.
+type fullRun struct {
+	b       *Backend
+	bt      *batcher  // the table, sets, deletes
+	pre     *rawBatch // chains, and elements of unreachable sets
+	pub     *rawBatch // the publishing transaction
+	scratch []byte
+}
+
+// fullSync writes the whole desired state. Each service port's fragment
+// is built once and let go as it is sent: its sets go into google/nftables
+// transactions (created when missing), its chains and elements into raw
+// batches (rawtx.go), chains created or rewritten in place (flushed and
+// refilled in one transaction), elements streamed set by set. Two kinds of
+// sets:
+//
+//   - an endpoint map this sync creates, for a shared chain it creates:
+//     no packet can reach it before a dispatch map points at the chain,
+//     so its elements are committed as they accumulate, with chains, in
+//     transactions of a few MiB, after the map and chain exist (the
+//     chain's rules thus bind to an empty map, which the kernel does not
+//     walk);
+//   - every other set (the dispatch maps, which make services reachable,
+//     the hairpin set, maps that already existed): flushed and refilled
+//     in one last transaction, which also flushes the chains and sets no
+//     longer wanted, so that no half-written service is ever reachable.
+//
+// Chains and sets found in the kernel but not wanted are flushed now and
+// deleted at the next sync.
 func (b *Backend) fullSync(s *proxy.State) error {
-	fams := map[*family]*committed{}
-	type plan struct {
-		f       *family
-		tbl     *table
-		exists  map[string]bool
-		sets    map[string]bool
-		present bool
-	}
-	var plans []plan
-	type del struct {
-		f    *family
-		name string
-		set  bool
-	}
-	var deletes []del
+	fss := s.Families()
+	kernel := make([]kernelNames, len(fss))
 	repaired := false
-	for _, fs := range s.Families() {
+	for i, fs := range fss {
 		f := familyFor(fs.Family)
 		chains, sets, present, err := b.listNames(f)
 		if err != nil {
@@ -375,133 +426,29 @@ func (b *Backend) fullSync(s *proxy.State) error {
 			repaired = true
 			klog.InfoS("nftables rules were changed by someone else; repairing", "family", f.keyword)
 		}
-		c := &committed{services: map[proxy.Key]*fragment{}, live: map[string]bool{}, sets: map[string]bool{},
-			staleChains: map[string]bool{}, staleSets: map[string]bool{}, hairpin: map[netip.Addr]int{}, refs: map[string]int{}}
-		tbl := newTable(f)
-		c.skeleton = skeleton(f, fs)
-		tbl.add(c.skeleton)
-		for _, sp := range fs.Services {
-			fr := service(f, fs, sp)
-			c.services[sp.Key] = fr
-			tbl.add(fr)
-			for _, ip := range fr.hairpin {
-				c.hairpin[ip]++
-			}
-			for _, ch := range fr.chains {
-				if ch.shared {
-					c.refs[ch.name]++
-				}
-			}
-		}
-		for n := range tbl.chains {
-			c.live[n] = true
-		}
-		for n := range tbl.sets {
-			c.sets[n] = true
-		}
-		// Objects the previous sync flushed are deleted now; other
-		// unwanted ones found in the kernel are flushed now, deleted later.
+		kernel[i] = kernelNames{chains: chains, sets: sets, present: present}
+	}
+	r := &fullRun{b: b, bt: &batcher{b: b}, pre: &rawBatch{}, pub: &rawBatch{}}
+	fams := map[*family]*committed{}
+	for i, fs := range fss {
+		f := familyFor(fs.Family)
 		var prev *committed
 		if b.fams != nil {
 			prev = b.fams[f]
 		}
-		for n := range chains {
-			if c.live[n] {
-				continue
-			}
-			if prev != nil && prev.staleChains[n] {
-				deletes = append(deletes, del{f: f, name: n})
-				continue
-			}
-			c.staleChains[n] = true
-		}
-		for n := range sets {
-			if c.sets[n] {
-				continue
-			}
-			if prev != nil && prev.staleSets[n] {
-				deletes = append(deletes, del{f: f, name: n, set: true})
-				continue
-			}
-			c.staleSets[n] = true
+		c, err := r.family(f, fs, kernel[i], prev)
+		if err != nil {
+			return err
 		}
 		fams[f] = c
-		plans = append(plans, plan{f: f, tbl: tbl, exists: chains, sets: sets, present: present})
 	}
-
-	bt := &batcher{b: b}
-	if len(deletes) > 0 {
-		t, err := bt.tx()
-		if err != nil {
-			return err
-		}
-		for _, d := range deletes {
-			if d.set {
-				t.delSet(d.f, d.name)
-			} else {
-				t.delChain(d.f, d.name)
-			}
-		}
-	}
-	for _, p := range plans {
-		t, err := bt.tx()
-		if err != nil {
-			return err
-		}
-		t.addTable(p.f)
-		for _, name := range setCreationOrder(p.tbl.sets) {
-			if p.sets[name] {
-				continue
-			}
-			if t, err = bt.tx(); err != nil {
-				return err
-			}
-			if err := t.addSet(p.f, p.tbl.sets[name]); err != nil {
-				return err
-			}
-		}
-		chains := make([]*chainDef, 0, len(p.tbl.chains))
-		for _, c := range p.tbl.chains {
-			chains = append(chains, c)
-		}
-		sortChains(chains)
-		for _, c := range chains {
-			if t, err = bt.tx(); err != nil {
-				return err
-			}
-			t.addChain(p.f, c, p.exists[c.name])
-		}
-	}
-	// The publishing transaction: all elements, and the stale chains
-	// flushed. It is never split.
-	if bt.cur != nil {
-		if err := bt.cur.flush(); err != nil {
-			return err
-		}
-	}
-	t, err := b.newTx()
-	if err != nil {
+	if err := r.bt.flush(); err != nil {
 		return err
 	}
-	for _, p := range plans {
-		for _, name := range sortedKeys(p.tbl.sets) {
-			s := p.tbl.sets[name]
-			if s.kind == affinity {
-				continue // entries belong to the clients
-			}
-			t.flushSet(p.f, s)
-			if err := t.elements(p.f, s, p.tbl.elems[name], false); err != nil {
-				return err
-			}
-		}
-		for name := range fams[p.f].staleChains {
-			t.flushChain(p.f, name)
-		}
-		for name := range fams[p.f].staleSets {
-			t.flushSetNamed(p.f, name)
-		}
+	if err := b.sendRaw(r.pre); err != nil {
+		return err
 	}
-	if err := t.flush(); err != nil {
+	if err := b.sendRaw(r.pub); err != nil {
 		return err
 	}
 	b.fams = fams
@@ -511,31 +458,256 @@ func (b *Backend) fullSync(s *proxy.State) error {
 	return nil
 }
 
+// addChain queues the creation or rewrite of a chain.
+func (r *fullRun) addChain(f *family, c *chainDef, exists bool) error {
+	var err error
+	if r.scratch, err = appendChain(r.pre, r.scratch, &r.b.seq, f, c, exists); err != nil {
+		return err
+	}
+	return r.maybeSendPrefill()
+}
+
+// maybeSendPrefill sends the chains and prefilled elements gathered once
+// they are many.
+func (r *fullRun) maybeSendPrefill() error {
+	if r.pre.size < prefillBytes {
+		return nil
+	}
+	return r.sendPrefill()
+}
+
+// sendPrefill commits the chains and the elements gathered for
+// unreachable sets, after the sets created so far.
+func (r *fullRun) sendPrefill() error {
+	if err := r.bt.flush(); err != nil {
+		return err
+	}
+	if err := r.b.sendRaw(r.pre); err != nil {
+		return err
+	}
+	r.pre.reset()
+	return nil
+}
+
+// family plans and sends one family's table (all but the publishing
+// transaction) and returns what it will have committed.
+func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *committed) (*committed, error) {
+	c := newCommitted()
+	if !k.present {
+		// Only then: a transaction that changes nothing does not advance
+		// the ruleset generation, which Sync expects of each.
+		t, err := r.bt.tx()
+		if err != nil {
+			return nil, err
+		}
+		t.addTable(f)
+	}
+	streams := map[string]*elemStream{}
+	// Per-endpoint affinity sets are created after all others: the kernel
+	// finds a set named in a message by walking the table's sets in
+	// creation order, comparing names, and with thousands of affinity sets
+	// ahead of them every element message to the maps paid for the walk (a
+	// fifth of a 50k cold sync). Per-service chains, which read them, and
+	// the skeleton's come after them, leaves first.
+	var lateSets []*setDef
+	var lateChains []*chainDef
+	// useSet registers a wanted set; reachable: a rule that packets can
+	// reach may read it before the publishing transaction.
+	useSet := func(sd *setDef, reachable bool) error {
+		if c.sets[sd.name] {
+			return nil
+		}
+		c.sets[sd.name] = true
+		if sd.kind == affinity {
+			lateSets = append(lateSets, sd) // no elements: they belong to the clients
+			return nil
+		}
+		out := r.pub
+		if k.sets[sd.name] || reachable {
+			r.scratch = flushSetMsg(r.scratch[:0], r.b.nextSeq(), f, sd.name)
+			r.pub.addHead(r.scratch)
+		} else {
+			out = r.pre
+		}
+		if !k.sets[sd.name] {
+			t, err := r.bt.tx()
+			if err != nil {
+				return err
+			}
+			if err := t.addSet(f, sd); err != nil {
+				return err
+			}
+		}
+		streams[sd.name] = &elemStream{f: f, s: sd, out: out, seq: &r.b.seq}
+		return nil
+	}
+	addElems := func(fr *fragment) error {
+		for _, e := range fr.elems {
+			es := streams[e.set]
+			if es == nil {
+				return fmt.Errorf("element of set %s, which no fragment defines", e.set)
+			}
+			if e.set == mapServiceIPs {
+				c.serviceIPs++
+			}
+			es.add(e.el)
+			if err := r.maybeSendPrefill(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	sk := skeleton(f, fs)
+	for _, sd := range sk.sets {
+		if err := useSet(sd, true); err != nil {
+			return nil, err
+		}
+	}
+	for _, ch := range sk.chains {
+		c.live[ch.name] = true
+	}
+	lateChains = append(lateChains, sk.chains...)
+	if err := addElems(sk); err != nil {
+		return nil, err
+	}
+	fr := &fragment{shared: newSharedChains()}
+	for _, sp := range fs.Services {
+		serviceInto(fr, f, fs, sp)
+		for _, ch := range fr.chains {
+			if !ch.shared {
+				if !c.live[ch.name] {
+					c.live[ch.name] = true
+					lateChains = append(lateChains, ch)
+				}
+				continue
+			}
+			if c.refs[ch.name]++; c.refs[ch.name] > 1 {
+				continue
+			}
+			// A shared chain and its maps, at first use: the chain is
+			// reachable only if it exists already (elements may point at
+			// it); it reads nothing but its maps.
+			c.live[ch.name] = true
+			exists := k.chains[ch.name]
+			for _, m := range ch.maps {
+				if err := useSet(m, exists); err != nil {
+					return nil, err
+				}
+			}
+			if err := r.addChain(f, ch, exists); err != nil {
+				return nil, err
+			}
+		}
+		for _, sd := range fr.sets {
+			if err := useSet(sd, true); err != nil {
+				return nil, err
+			}
+		}
+		if err := addElems(fr); err != nil {
+			return nil, err
+		}
+		for _, ip := range fr.hairpin {
+			c.hairpin.set(ip, c.hairpin.get(ip)+1)
+		}
+	}
+	hp := streams[setHairpin]
+	c.hairpin.each(func(ip netip.Addr) { hp.add(element{addr: ip}) })
+	for _, name := range sortedKeys(streams) {
+		streams[name].finish()
+	}
+
+	slices.SortFunc(lateSets, func(a, b *setDef) int { return strings.Compare(a.name, b.name) })
+	for _, sd := range lateSets {
+		if k.sets[sd.name] {
+			continue
+		}
+		t, err := r.bt.tx()
+		if err != nil {
+			return nil, err
+		}
+		if err := t.addSet(f, sd); err != nil {
+			return nil, err
+		}
+	}
+	sortChains(lateChains)
+	for _, ch := range lateChains {
+		if err := r.addChain(f, ch, k.chains[ch.name]); err != nil {
+			return nil, err
+		}
+	}
+
+	// Objects the previous sync flushed are deleted now (sets first:
+	// deleting a map drops its references to chains); other unwanted ones
+	// found in the kernel are flushed in the publishing transaction and
+	// deleted later.
+	for _, n := range sortedKeys(k.sets) {
+		if c.sets[n] {
+			continue
+		}
+		if prev != nil && prev.staleSets[n] {
+			t, err := r.bt.tx()
+			if err != nil {
+				return nil, err
+			}
+			t.delSet(f, n)
+			continue
+		}
+		c.staleSets[n] = true
+		r.scratch = flushSetMsg(r.scratch[:0], r.b.nextSeq(), f, n)
+		r.pub.addTail(r.scratch)
+	}
+	for _, n := range sortedKeys(k.chains) {
+		if c.live[n] {
+			continue
+		}
+		if prev != nil && prev.staleChains[n] {
+			t, err := r.bt.tx()
+			if err != nil {
+				return nil, err
+			}
+			t.delChain(f, n)
+			continue
+		}
+		c.staleChains[n] = true
+		r.scratch = flushChainMsg(r.scratch[:0], r.b.nextSeq(), f, n)
+		r.pub.addTail(r.scratch)
+	}
+	return c, nil
+}
+
+func (b *Backend) nextSeq() uint32 {
+	b.seq++
+	return b.seq
+}
+
 // incrementalSync sends only the difference between the last committed
-// State and s, in one transaction. If that transaction would be too large
-// (a change to every service), it falls back to a full sync.
+// State and s, in one transaction. The previous fragment of a changed or
+// removed service port is rebuilt from the last State. If the
+// transaction would be too large (a change to every service), it falls
+// back to a full sync.
 func (b *Backend) incrementalSync(s *proxy.State) error {
 	t, err := b.newTx()
 	if err != nil {
 		return err
 	}
 	type update struct {
-		c        *committed
-		services map[proxy.Key]*fragment
-		hairpin  map[netip.Addr]int // new counts of the addresses that changed
-		refs     map[string]int     // new counts of the shared chains that changed
-		skeleton *fragment
-		added    []string // chains
-		addedSet []string
-		stale    []string
-		staleSet []string
+		c          *committed
+		hairpin    map[netip.Addr]int // new counts of the addresses that changed
+		refs       map[string]int     // new counts of the shared chains that changed
+		serviceIPs int                // change of @service-ips' element count
+		added      []string           // chains
+		addedSet   []string
+		stale      []string
+		staleSet   []string
 	}
 	var updates []update
 	for _, fs := range s.Families() {
 		f := familyFor(fs.Family)
 		c := b.fams[f]
+		lastFs := b.last.Family(fs.Family)
 		d := s.Diff(b.last, fs.Family)
-		u := update{c: c, services: map[proxy.Key]*fragment{}, hairpin: map[netip.Addr]int{}, refs: map[string]int{}}
+		u := update{c: c, hairpin: map[netip.Addr]int{}, refs: map[string]int{}}
 
 		// 1. What the previous sync flushed is unreferenced now.
 		for n := range c.staleSets {
@@ -545,44 +717,15 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 			t.delChain(f, n)
 		}
 
-		// 2. The fragments to compare.
-		type pair struct{ old, new *fragment }
-		var pairs []pair
-		if d.GlobalChanged {
-			u.skeleton = skeleton(f, fs)
-			pairs = append(pairs, pair{c.skeleton, u.skeleton})
-			seen := map[proxy.Key]bool{}
-			for _, sp := range fs.Services {
-				seen[sp.Key] = true
-				u.services[sp.Key] = service(f, fs, sp)
-				pairs = append(pairs, pair{c.services[sp.Key], u.services[sp.Key]})
-			}
-			for k, old := range c.services {
-				if !seen[k] {
-					u.services[k] = nil
-					pairs = append(pairs, pair{old, nil})
-				}
-			}
-		} else {
-			for _, k := range append(append(d.Added, d.Changed...), d.Removed...) {
-				var nf *fragment
-				if sp := fs.Service(k); sp != nil {
-					nf = service(f, fs, sp)
-				}
-				u.services[k] = nf
-				pairs = append(pairs, pair{c.services[k], nf})
-			}
-		}
-
-		// 3. Differences, gathered so that they can be sent in a safe
-		// order: element deletes, new sets, new chains, flushes, element
-		// adds.
+		// 2. Differences, fragment by fragment, gathered so that they can
+		// be sent in a safe order: element deletes, new sets, new chains,
+		// flushes, element adds.
 		var delElems, addElems []setElem
 		var newChains, rewritten []*chainDef
-		setsByName := map[string]*setDef{}
+		setsByName := map[string]*setDef{setHairpin: skeletonSet(setHairpin)}
 		sharedDefs := map[string]*chainDef{}
-		for _, p := range pairs {
-			oldChains, newChainSet := chainsOf(p.old), chainsOf(p.new)
+		diff := func(old, new *fragment) {
+			oldChains, newChainSet := chainsOf(old), chainsOf(new)
 			// Shared chains live by reference count (below).
 			for name, ch := range oldChains {
 				if ch.shared {
@@ -622,7 +765,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 					u.stale = append(u.stale, name)
 				}
 			}
-			oldSets, newSets := setsOf(p.old), setsOf(p.new)
+			oldSets, newSets := setsOf(old), setsOf(new)
 			for name, sd := range newSets {
 				setsByName[name] = sd
 				if _, ok := oldSets[name]; !ok && (!c.sets[name] || c.staleSets[name]) {
@@ -635,16 +778,61 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 					u.staleSet = append(u.staleSet, name)
 				}
 			}
-			oldEl, newEl := elemsOf(p.old, setsByName), elemsOf(p.new, setsByName)
+			oldEl, newEl := elemsOf(old, setsByName), elemsOf(new, setsByName)
 			for k, e := range oldEl {
 				if ne, ok := newEl[k]; !ok || ne.el != e.el {
 					delElems = append(delElems, e)
+					if e.set == mapServiceIPs {
+						u.serviceIPs--
+					}
 				}
 			}
 			for k, e := range newEl {
 				if oe, ok := oldEl[k]; !ok || oe.el != e.el {
 					addElems = append(addElems, e)
+					if e.set == mapServiceIPs {
+						u.serviceIPs++
+					}
 				}
+			}
+			// Hairpin addresses: in the set while some service uses them.
+			if old != nil {
+				for _, ip := range old.hairpin {
+					u.hairpin[ip] = hairpinCount(u.hairpin, c.hairpin, ip) - 1
+				}
+			}
+			if new != nil {
+				for _, ip := range new.hairpin {
+					u.hairpin[ip] = hairpinCount(u.hairpin, c.hairpin, ip) + 1
+				}
+			}
+		}
+		build := func(fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+			if sp == nil {
+				return nil
+			}
+			return service(f, fs, sp)
+		}
+		if d.GlobalChanged {
+			// Every fragment may embed the global settings.
+			diff(skeleton(f, lastFs), skeleton(f, fs))
+			olds, news := lastFs.Services, fs.Services
+			for len(olds) > 0 || len(news) > 0 {
+				switch {
+				case len(news) == 0 || (len(olds) > 0 && olds[0].Key.Compare(news[0].Key) < 0):
+					diff(build(lastFs, olds[0]), nil)
+					olds = olds[1:]
+				case len(olds) == 0 || olds[0].Key.Compare(news[0].Key) > 0:
+					diff(nil, build(fs, news[0]))
+					news = news[1:]
+				default:
+					diff(build(lastFs, olds[0]), build(fs, news[0]))
+					olds, news = olds[1:], news[1:]
+				}
+			}
+		} else {
+			for _, k := range append(append(d.Added, d.Changed...), d.Removed...) {
+				diff(build(lastFs, lastFs.Service(k)), build(fs, fs.Service(k)))
 			}
 		}
 		// A shared chain's endpoint maps come and go with it.
@@ -667,22 +855,8 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 				}
 			}
 		}
-		// Hairpin addresses: in the set while some service uses them.
-		setsByName[setHairpin] = skeletonSet(setHairpin)
-		for _, p := range pairs {
-			if p.old != nil {
-				for _, ip := range p.old.hairpin {
-					u.hairpin[ip] = countOr(u.hairpin, c.hairpin, ip) - 1
-				}
-			}
-			if p.new != nil {
-				for _, ip := range p.new.hairpin {
-					u.hairpin[ip] = countOr(u.hairpin, c.hairpin, ip) + 1
-				}
-			}
-		}
 		for ip, n := range u.hairpin {
-			switch was := c.hairpin[ip]; {
+			switch was := c.hairpin.get(ip); {
 			case was == 0 && n > 0:
 				addElems = append(addElems, setElem{setHairpin, element{addr: ip}})
 			case was > 0 && n == 0:
@@ -719,6 +893,10 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		updates = append(updates, u)
 	}
 	if t.msgs > maxMessages {
+		// The messages queued on the connection must not reach the
+		// kernel: drop the connection with them.
+		b.closeConn()
+		b.lastFull = true
 		return b.fullSync(s)
 	}
 	if err := t.flush(); err != nil {
@@ -727,16 +905,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 	for _, u := range updates {
 		c := u.c
 		c.staleChains, c.staleSets = map[string]bool{}, map[string]bool{}
-		if u.skeleton != nil {
-			c.skeleton = u.skeleton
-		}
-		for k, fr := range u.services {
-			if fr == nil {
-				delete(c.services, k)
-			} else {
-				c.services[k] = fr
-			}
-		}
+		c.serviceIPs += u.serviceIPs
 		for _, n := range u.added {
 			c.live[n] = true
 		}
@@ -752,11 +921,7 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 			c.staleSets[n] = true
 		}
 		for ip, n := range u.hairpin {
-			if n == 0 {
-				delete(c.hairpin, ip)
-			} else {
-				c.hairpin[ip] = n
-			}
+			c.hairpin.set(ip, n)
 		}
 		for name, n := range u.refs {
 			if n == 0 {
@@ -767,6 +932,14 @@ func (b *Backend) incrementalSync(s *proxy.State) error {
 		}
 	}
 	return nil
+}
+
+// hairpinCount is the pending count of ip, or else its committed one.
+func hairpinCount(pending map[netip.Addr]int, committed addrCounts, ip netip.Addr) int {
+	if n, ok := pending[ip]; ok {
+		return n
+	}
+	return committed.get(ip)
 }
 
 // countOr is the pending count of ip, or else its committed one.

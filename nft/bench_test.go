@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/svcproxy/svcproxy/proxy"
@@ -28,18 +31,62 @@ func BenchmarkColdSync(b *testing.B) {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			st := proxy.Build(scale.Cluster(n, 10), scale.Config())
 			var msgs int
+			var hm heapMeter
 			for b.Loop() {
 				b.StopTimer()
 				ns := sandbox.New(b, "bench")
 				be := New(WithNetNS(ns.FD()))
+				hm.start()
 				b.StartTimer()
 				if err := be.Sync(context.Background(), st); err != nil {
 					b.Fatal(err)
 				}
+				b.StopTimer()
+				hm.stop()
+				runtime.KeepAlive(be)
+				b.StartTimer()
 				msgs = be.lastMessages
 			}
 			b.ReportMetric(float64(msgs), "msgs/sync")
 			b.ReportMetric(peakRSSMiB(), "peakRSS-MiB")
+			hm.report(b)
+		})
+	}
+}
+
+// BenchmarkRestartSync is the first sync of a new Backend (a restarted
+// svcproxy) on a node that already holds the same N services × 10
+// endpoints: a full sync that adopts the table, rewriting every chain in
+// place and replacing every map's elements in its publishing transaction.
+func BenchmarkRestartSync(b *testing.B) {
+	sandbox.Require(b, "nft")
+	for _, n := range benchScales {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			st := proxy.Build(scale.Cluster(n, 10), scale.Config())
+			ns := sandbox.New(b, "bench")
+			first := New(WithNetNS(ns.FD()))
+			if err := first.Sync(context.Background(), st); err != nil {
+				b.Fatal(err)
+			}
+			first.Close()
+			var msgs int
+			var hm heapMeter
+			for b.Loop() {
+				b.StopTimer()
+				be := New(WithNetNS(ns.FD()))
+				hm.start()
+				b.StartTimer()
+				if err := be.Sync(context.Background(), st); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				hm.stop()
+				be.Close()
+				b.StartTimer()
+				msgs = be.lastMessages
+			}
+			b.ReportMetric(float64(msgs), "msgs/sync")
+			hm.report(b)
 		})
 	}
 }
@@ -100,6 +147,78 @@ func BenchmarkOneChangeSync(b *testing.B) {
 			})
 		}
 	}
+}
+
+// heapMeter measures the Go heap around one Sync, net of what was live
+// before it (the State, the inputs): the peak during the sync (live heap
+// as each collection found it, and the heap in use, dead objects not yet
+// collected included, sampled every millisecond), and what stays live
+// after it (the Backend's retained state).
+type heapMeter struct {
+	base, retained, peakLive, peakInUse uint64
+	done                                chan struct{}
+	wg                                  sync.WaitGroup
+	// The process's CPU time during the sync, summed over runs: user
+	// (Go, GC included) and system (mostly the kernel processing our
+	// transactions, inside sendmsg).
+	ru0       unix.Rusage
+	user, sys time.Duration
+	runs      int
+}
+
+func heapNow(samples []metrics.Sample) (live, inUse uint64) {
+	metrics.Read(samples)
+	return samples[0].Value.Uint64(), samples[1].Value.Uint64()
+}
+
+func (h *heapMeter) start() {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	h.base, h.peakLive, h.peakInUse = ms.HeapAlloc, ms.HeapAlloc, ms.HeapAlloc
+	h.done = make(chan struct{})
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &h.ru0)
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			live, inUse := heapNow(samples)
+			h.peakLive, h.peakInUse = max(h.peakLive, live), max(h.peakInUse, inUse)
+			select {
+			case <-h.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+// stop ends the sampling; the caller keeps the Backend alive past it.
+func (h *heapMeter) stop() {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	h.user += time.Duration(ru.Utime.Nano() - h.ru0.Utime.Nano())
+	h.sys += time.Duration(ru.Stime.Nano() - h.ru0.Stime.Nano())
+	h.runs++
+	close(h.done)
+	h.wg.Wait()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	h.retained = ms.HeapAlloc - min(ms.HeapAlloc, h.base)
+}
+
+func (h *heapMeter) report(b *testing.B) {
+	mib := func(v uint64) float64 { return float64(v) / (1 << 20) }
+	b.ReportMetric(mib(h.base), "base-MiB")
+	b.ReportMetric(mib(h.retained), "retained-MiB")
+	b.ReportMetric(mib(h.peakLive-min(h.peakLive, h.base)), "peakLive-MiB")
+	b.ReportMetric(mib(h.peakInUse-min(h.peakInUse, h.base)), "peakHeap-MiB")
+	b.ReportMetric(h.user.Seconds()/float64(h.runs), "user-s/sync")
+	b.ReportMetric(h.sys.Seconds()/float64(h.runs), "sys-s/sync")
 }
 
 // peakRSSMiB is the process's peak resident set size (VmHWM).

@@ -1,4 +1,5 @@
-// Package nft will program a proxy.State into the kernel as nftables rules
-// (github.com/google/nftables over netlink, one atomic transaction per
-// sync). Not implemented yet: see issue "nftables backend".
+// Package nft programs a proxy.State into the kernel as nftables rules,
+// over netlink (github.com/google/nftables, and batches of its own for full
+// syncs: rawtx.go), and renders the same rules as canonical text. See
+// Backend, and docs/architecture.md for the layout.
 package nft

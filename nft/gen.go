@@ -13,24 +13,16 @@ import (
 // transaction, in any table, by anyone: while it equals what it was right
 // after our own last commit, nothing in nftables has changed since.
 func (b *Backend) generation() (uint32, error) {
-	if b.genConn == nil {
-		cfg := &netlink.Config{}
-		if b.netnsFD >= 0 {
-			cfg.NetNS = b.netnsFD
-		}
-		c, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
-		if err != nil {
-			return 0, fmt.Errorf("netlink: %w", err)
-		}
-		b.genConn = c
+	c, err := b.rawConn()
+	if err != nil {
+		return 0, err
 	}
-	msgs, err := b.genConn.Execute(netlink.Message{
+	msgs, err := c.Execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
 		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0}, // nfgenmsg
 	})
 	if err != nil {
-		b.genConn.Close()
-		b.genConn = nil
+		b.closeRawConn()
 		return 0, fmt.Errorf("nftables generation: %w", err)
 	}
 	for _, m := range msgs {

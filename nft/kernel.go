@@ -12,13 +12,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxMessages bounds the netlink messages of one transaction.
-// google/nftables asks an ACK for every message and reads them after
-// sending the whole batch, so the ACKs of one transaction must fit the
-// socket's receive buffer (socketBuffer, forced as root). Measured: see
-// docs/performance.md.
+// maxMessages bounds the netlink messages of one google/nftables
+// transaction (a variable for tests). It asks an ACK for every message and
+// reads them after sending the whole batch, so the ACKs of one transaction
+// must fit the socket's receive buffer (socketBuffer, forced as root).
+// Measured: see docs/performance.md.
+var maxMessages = 20000
+
 const (
-	maxMessages  = 20000
 	socketBuffer = 64 << 20
 	// elemListBytes bounds the encoded elements of one message: the
 	// element list is one netlink attribute, whose length is 16 bits.
@@ -125,11 +126,6 @@ func (t *tx) id() uint32 {
 
 func (t *tx) delSet(f *family, name string) {
 	t.conn.DelSet(&nftables.Set{Table: t.table(f), Name: name})
-	t.msgs++
-}
-
-func (t *tx) flushSet(f *family, s *setDef) {
-	t.conn.FlushSet(t.nlSet(f, s))
 	t.msgs++
 }
 

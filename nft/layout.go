@@ -3,6 +3,7 @@ package nft
 import (
 	"crypto/sha256"
 	"encoding/base32"
+	"hash/maphash"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -99,6 +100,50 @@ type fragment struct {
 	// hairpin lists the endpoint addresses of the fragment; @hairpin-ips
 	// holds the union over all fragments.
 	hairpin []netip.Addr
+	// shared, if set, remembers the shared chains built so far (see
+	// sharedChains).
+	shared *sharedChains
+}
+
+// sharedChains lets a full sync build each shared chain once: a shared
+// chain depends only on its prefix and rules, and the thousands of ports
+// of a family share a few dozen, each of which would otherwise be printed,
+// hashed and cloned again per port.
+type sharedChains struct {
+	seed maphash.Seed
+	m    map[uint64][]sharedChain
+}
+
+type sharedChain struct {
+	prefix string
+	rules  []rule
+	chain  *chainDef
+}
+
+func newSharedChains() *sharedChains {
+	return &sharedChains{seed: maphash.MakeSeed(), m: map[uint64][]sharedChain{}}
+}
+
+func (sc *sharedChains) key(prefix string, rules []rule) uint64 {
+	var h maphash.Hash
+	h.SetSeed(sc.seed)
+	h.WriteString(prefix)
+	for _, r := range rules {
+		maphash.WriteComparable(&h, len(r))
+		for _, st := range r {
+			maphash.WriteComparable(&h, st)
+		}
+	}
+	return h.Sum64()
+}
+
+func (sc *sharedChains) get(k uint64, prefix string, rules []rule) *chainDef {
+	for _, e := range sc.m[k] {
+		if e.prefix == prefix && slices.EqualFunc(e.rules, rules, slices.Equal[rule]) {
+			return e.chain
+		}
+	}
+	return nil
 }
 
 type setElem struct {
@@ -162,10 +207,18 @@ func skeleton(f *family, fs *proxy.FamilyState) *fragment {
 // service lays out one service port: its chains, its sets, and the map
 // elements that make it reachable.
 func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+	return serviceInto(&fragment{}, f, fs, sp)
+}
+
+// serviceInto lays out a service port into fr, reusing its slices: a full
+// sync lays out every port in turn and lets each fragment go once sent.
+// Only the slices are reused; chains and sets are new each time.
+func serviceInto(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
+	fr.chains, fr.sets, fr.elems, fr.hairpin = fr.chains[:0], fr.sets[:0], fr.elems[:0], fr.hairpin[:0]
 	if sp.AffinitySeconds > 0 {
-		return affinityService(f, fs, sp)
+		return affinityService(fr, f, fs, sp)
 	}
-	return pooledService(f, fs, sp)
+	return pooledService(fr, f, fs, sp)
 }
 
 // pooledService lays out a service port without affinity as data: its
@@ -173,13 +226,15 @@ func service(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment 
 // of endpoints and the same routes, whose `numgen random mod N` indexes
 // the endpoint maps, which hold the service's endpoints. The port has no
 // chain of its own (but for source ranges).
-func pooledService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
-	fr := &fragment{}
+func pooledService(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
 	proto := sp.Key.Protocol
-	for _, ep := range unionEndpoints(sp.ClusterEndpoints, sp.LocalEndpoints) {
-		fr.hairpin = append(fr.hairpin, ep.IP)
+	fr.hairpin = appendUnionIPs(fr.hairpin, sp.ClusterEndpoints, sp.LocalEndpoints)
+	// Room for the elements: each destination's, and its endpoints'.
+	dests := 1 + len(sp.ExternalIPs) + len(sp.LoadBalancerIPs)
+	if sp.NodePort != 0 {
+		dests++
 	}
-	fr.hairpin = slices.Compact(fr.hairpin)
+	fr.elems = slices.Grow(fr.elems, dests*(1+len(sp.ClusterEndpoints)+len(sp.LocalEndpoints))+len(sp.LoadBalancerIPs))
 
 	// fill puts the endpoints for one destination into the endpoint map
 	// of chain ch for the role.
@@ -315,8 +370,7 @@ func (fr *fragment) noEndpoints(sp *proxy.ServicePort, externalIPs []netip.Addr)
 // affinityService lays out a service port with ClientIP affinity as
 // kube-proxy does: chains of its own, and per endpoint a chain and a set
 // remembering its clients.
-func affinityService(f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
-	fr := &fragment{}
+func affinityService(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
 	key := sp.Key.String()
 	proto := sp.Key.Protocol
 
@@ -440,6 +494,27 @@ func noEndpointVerdict(v proxy.Verdict) verdict {
 	return goTo(chainReject)
 }
 
+// appendUnionIPs appends the addresses of two endpoint lists, each sorted
+// by address, merged in order without duplicates.
+func appendUnionIPs(out []netip.Addr, a, b []proxy.Endpoint) []netip.Addr {
+	start := len(out)
+	add := func(ip netip.Addr) {
+		if len(out) == start || out[len(out)-1] != ip {
+			out = append(out, ip)
+		}
+	}
+	for len(a) > 0 || len(b) > 0 {
+		if len(b) == 0 || (len(a) > 0 && a[0].IP.Compare(b[0].IP) <= 0) {
+			add(a[0].IP)
+			a = a[1:]
+		} else {
+			add(b[0].IP)
+			b = b[1:]
+		}
+	}
+	return out
+}
+
 func unionEndpoints(a, b []proxy.Endpoint) []proxy.Endpoint {
 	out := append(slices.Clone(a), b...)
 	slices.SortFunc(out, func(x, y proxy.Endpoint) int {
@@ -466,6 +541,14 @@ func (fr *fragment) chain(f *family, prefix, key string, rules []rule) string {
 // content names the endpoint maps of its picks by role; the chain gets
 // maps of its own for them (pickMap).
 func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
+	var key uint64
+	if fr.shared != nil {
+		key = fr.shared.key(prefix, rules)
+		if c := fr.shared.get(key, prefix, rules); c != nil {
+			fr.chains = append(fr.chains, c)
+			return c.name
+		}
+	}
 	var content strings.Builder
 	for _, r := range rules {
 		content.WriteString(r.text(f))
@@ -493,6 +576,9 @@ func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
 		c.rules = append(c.rules, own)
 	}
 	fr.chains = append(fr.chains, c)
+	if fr.shared != nil {
+		fr.shared.m[key] = append(fr.shared.m[key], sharedChain{prefix: prefix, rules: rules, chain: c})
+	}
 	return c.name
 }
 
