@@ -111,10 +111,6 @@ func (rb *rawBatch) reset() {
 // Netlink encoding: headers in host order, nftables values big-endian.
 var ne = binary.NativeEndian
 
-const nlaHdr = 4
-
-func nlaAlign(n int) int { return (n + 3) &^ 3 }
-
 // beginMsg appends a netlink and nfnetlink header for an nftables message
 // of family f and returns the message's offset (its length is set by
 // endMsg).
