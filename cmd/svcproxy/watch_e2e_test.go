@@ -221,7 +221,9 @@ func TestWatchExpiryRelists(t *testing.T) {
 					}
 					return nil
 				})
-				within(t, 10*time.Second, "one expiry and one more list per resource", func() error {
+				// A reflector whose re-watches failed during the partition
+				// waits out client-go's backoff (up to 30 s) before it relists.
+				within(t, 40*time.Second, "one expiry and one more list per resource", func() error {
 					lists, expired := stats()
 					for r := range lists {
 						if lists[r] < 2 || expired[r] < 1 {
