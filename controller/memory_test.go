@@ -123,15 +123,8 @@ func retained(b *testing.B, services, slices []byte) float64 {
 	defer srv.Close()
 
 	before := heapAfterGC()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s := NewInformerSource(c, "node-0", 0)
-	if err := s.Start(ctx, func(string) {}); err != nil {
-		b.Fatal(err)
-	}
-	if !s.WaitForSync(ctx) {
-		b.Fatal("informers did not sync")
-	}
+	s, stop := syncedSource(b, c)
+	defer stop()
 	in := s.Inputs()
 	if len(in.Services)+len(in.EndpointSlices) == 0 {
 		b.Fatalf("listed %d services, %d slices", len(in.Services), len(in.EndpointSlices))
@@ -216,15 +209,8 @@ func BenchmarkInputs(b *testing.B) {
 	}
 	srv, c := fakeAPIServer(b, encode(b, &svcs), encode(b, &sls))
 	defer srv.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s := NewInformerSource(c, "node-0", 0)
-	if err := s.Start(ctx, func(string) {}); err != nil {
-		b.Fatal(err)
-	}
-	if !s.WaitForSync(ctx) {
-		b.Fatal("informers did not sync")
-	}
+	s, stop := syncedSource(b, c)
+	defer stop()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
@@ -232,4 +218,21 @@ func BenchmarkInputs(b *testing.B) {
 			b.Fatalf("%d services, %d slices", len(in.Services), len(in.EndpointSlices))
 		}
 	}
+}
+
+// syncedSource starts the daemon's informers on c and waits until they
+// hold the first complete view; stop ends them.
+func syncedSource(b *testing.B, c kubernetes.Interface) (s *InformerSource, stop func()) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s = NewInformerSource(c, "node-0", 0)
+	if err := s.Start(ctx, func(string) {}); err != nil {
+		cancel()
+		b.Fatal(err)
+	}
+	if !s.WaitForSync(ctx) {
+		cancel()
+		b.Fatal("informers did not sync")
+	}
+	return s, cancel
 }

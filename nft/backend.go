@@ -459,6 +459,31 @@ func (b *Backend) fullSync(s *proxy.State) error {
 }
 
 // addChain queues the creation or rewrite of a chain.
+// retire handles the kernel's objects (inKernel) that this sync does not
+// want: one the previous sync already flushed (flushedBefore) is deleted
+// in a transaction of its own; any other is flushed in the publishing
+// transaction and recorded in flushedNow, to be deleted by the next sync.
+func (r *fullRun) retire(f *family, inKernel, wanted, flushedBefore, flushedNow map[string]bool,
+	del func(*tx, *family, string), flush func([]byte, uint32, *family, string) []byte) error {
+	for _, n := range sortedKeys(inKernel) {
+		if wanted[n] {
+			continue
+		}
+		if flushedBefore[n] {
+			t, err := r.bt.tx()
+			if err != nil {
+				return err
+			}
+			del(t, f, n)
+			continue
+		}
+		flushedNow[n] = true
+		r.scratch = flush(r.scratch[:0], r.b.nextSeq(), f, n)
+		r.pub.addTail(r.scratch)
+	}
+	return nil
+}
+
 func (r *fullRun) addChain(f *family, c *chainDef, exists bool) error {
 	var err error
 	if r.scratch, err = appendChain(r.pre, r.scratch, &r.b.seq, f, c, exists); err != nil {
@@ -641,37 +666,15 @@ func (r *fullRun) family(f *family, fs *proxy.FamilyState, k kernelNames, prev *
 	// deleting a map drops its references to chains); other unwanted ones
 	// found in the kernel are flushed in the publishing transaction and
 	// deleted later.
-	for _, n := range sortedKeys(k.sets) {
-		if c.sets[n] {
-			continue
-		}
-		if prev != nil && prev.staleSets[n] {
-			t, err := r.bt.tx()
-			if err != nil {
-				return nil, err
-			}
-			t.delSet(f, n)
-			continue
-		}
-		c.staleSets[n] = true
-		r.scratch = flushSetMsg(r.scratch[:0], r.b.nextSeq(), f, n)
-		r.pub.addTail(r.scratch)
+	var prevSets, prevChains map[string]bool
+	if prev != nil {
+		prevSets, prevChains = prev.staleSets, prev.staleChains
 	}
-	for _, n := range sortedKeys(k.chains) {
-		if c.live[n] {
-			continue
-		}
-		if prev != nil && prev.staleChains[n] {
-			t, err := r.bt.tx()
-			if err != nil {
-				return nil, err
-			}
-			t.delChain(f, n)
-			continue
-		}
-		c.staleChains[n] = true
-		r.scratch = flushChainMsg(r.scratch[:0], r.b.nextSeq(), f, n)
-		r.pub.addTail(r.scratch)
+	if err := r.retire(f, k.sets, c.sets, prevSets, c.staleSets, (*tx).delSet, flushSetMsg); err != nil {
+		return nil, err
+	}
+	if err := r.retire(f, k.chains, c.live, prevChains, c.staleChains, (*tx).delChain, flushChainMsg); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
