@@ -93,8 +93,10 @@ func BenchmarkRestartSync(b *testing.B) {
 
 // BenchmarkOneChangeSync changes one service per sync, back and forth, on
 // a node already holding N services × 10 endpoints: "remove" drops one
-// endpoint (the endpoint count changes), "replace" moves one endpoint to
-// another address (the count stays, as in a rolling update).
+// endpoint (10 → 9: the count changes within its bucket, see countBucket),
+// "cross" drops two (10 → 8: into another bucket, so the destination is
+// re-pointed to another chain), "replace" moves one endpoint to another
+// address (the count stays, as in a rolling update).
 func BenchmarkOneChangeSync(b *testing.B) {
 	sandbox.Require(b, "nft")
 	changes := []struct {
@@ -102,6 +104,7 @@ func BenchmarkOneChangeSync(b *testing.B) {
 		change func(n int) *discoveryv1.EndpointSlice
 	}{
 		{"remove", func(n int) *discoveryv1.EndpointSlice { return scale.Slice(n/2, 10, 1) }},
+		{"cross", func(n int) *discoveryv1.EndpointSlice { return scale.Slice(n/2, 10, 2) }},
 		{"replace", func(n int) *discoveryv1.EndpointSlice {
 			sl := scale.Slice(n/2, 10, 0)
 			sl.Endpoints[0].Addresses = []string{"10.250.0.1"}

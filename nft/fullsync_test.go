@@ -65,7 +65,7 @@ func TestFailedFullSyncExposesNothing(t *testing.T) {
 	if b.txs < 3 {
 		t.Fatalf("%d transactions committed before the failure; the test wants chains and prefills among them", b.txs)
 	}
-	if !strings.Contains(listing(t, ns), "numgen random mod 10 map @clusterip-") {
+	if !strings.Contains(listing(t, ns), "numgen random mod 10 offset 9 map @clusterip-") {
 		t.Fatal("the shared chains were not committed before the publishing transaction")
 	}
 	for _, set := range [][2]string{{"map", mapServiceIPs}, {"map", mapNodePorts}, {"map", mapFirewall}, {"map", mapNoEndpoints}, {"set", setHairpin}} {
@@ -94,7 +94,7 @@ func TestLargeIncrementalSyncFallsBackToFull(t *testing.T) {
 	old := maxMessages
 	maxMessages = 50
 	t.Cleanup(func() { maxMessages = old })
-	for i := range 10 { // new counts: new chains and maps, removed ones
+	for i := range 10 { // new count buckets: new chains and maps, removed ones
 		in.EndpointSlices[i] = scale.Slice(i, 10, 1+i%5)
 	}
 	syncAndCompare(t, ns, b, proxy.Build(in, scale.Config()))
