@@ -125,7 +125,7 @@ func BenchmarkOneChangeSync(b *testing.B) {
 				}
 				orig, changed := in.EndpointSlices[n/2], ch.change(n)
 				i := 0
-				var msgs int
+				var msgs, validating int
 				var took []time.Duration
 				for b.Loop() {
 					in.EndpointSlices[n/2] = changed
@@ -141,9 +141,10 @@ func BenchmarkOneChangeSync(b *testing.B) {
 						b.Fatal(err)
 					}
 					took = append(took, time.Since(start))
-					msgs = be.lastMessages
+					msgs, validating = be.lastMessages, be.lastValidating
 				}
 				b.ReportMetric(float64(msgs), "msgs/sync")
+				b.ReportMetric(float64(validating), "validating-msgs/sync")
 				slices.Sort(took)
 				b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
 				b.ReportMetric(float64(took[(len(took)*99)/100].Microseconds())/1000, "p99-ms")

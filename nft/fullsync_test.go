@@ -65,7 +65,7 @@ func TestFailedFullSyncExposesNothing(t *testing.T) {
 	if b.txs < 3 {
 		t.Fatalf("%d transactions committed before the failure; the test wants chains and prefills among them", b.txs)
 	}
-	if !strings.Contains(listing(t, ns), "numgen random mod 10 offset 9 map @clusterip-") {
+	if !strings.Contains(listing(t, ns), "numgen random mod 10 map @clusterip-") {
 		t.Fatal("the shared chains were not committed before the publishing transaction")
 	}
 	for _, set := range [][2]string{{"map", mapServiceIPs}, {"map", mapNodePorts}, {"map", mapFirewall}, {"map", mapNoEndpoints}, {"set", setHairpin}} {

@@ -385,19 +385,18 @@ func (m markStmt) exprs(f *family, _ *encoder) []expr.Any {
 }
 
 // dnatPick is `dnat ip to ip daddr . meta l4proto . th dport . numgen
-// random mod N offset O map @m` (byAddr) or `dnat ip to meta l4proto . th
-// dport . numgen random mod N offset O map @m` (nft omits `offset 0`): one
-// random draw picks entry O..O+N-1 of the destination's endpoints in an
-// endpoint map. The rule depends only on N and O, so services share it,
-// and an endpoint replaced by another is a change of data in the map,
-// which the kernel commits without re-validating the table. When the map
-// has no such entry (the destination has another count), the lookup's miss
-// ends the rule and evaluation goes on with the next one.
+// random mod N map @m` (byAddr) or `dnat ip to meta l4proto . th dport .
+// numgen random mod N map @m`: one random draw picks entry 0..N-1 of the
+// destination's endpoints in an endpoint map. The rule depends only on N,
+// so services share it, and an endpoint replaced by another is a change of
+// data in the map, which the kernel commits without re-validating the
+// table. When the map has no entry for the destination (it has another
+// count), the lookup's miss ends the rule and evaluation goes on with the
+// next one.
 type dnatPick struct {
 	byAddr bool
 	set    string
 	n      int
-	offset int
 }
 
 // bucketPick stands, in the rules a shared chain is made from, for the
@@ -420,11 +419,7 @@ func (d dnatPick) text(f *family) string {
 	if d.byAddr {
 		key = f.keyword + " daddr . " + key
 	}
-	off := ""
-	if d.offset != 0 {
-		off = fmt.Sprintf(" offset %d", d.offset)
-	}
-	return fmt.Sprintf("dnat %s to %s . numgen random mod %d%s map @%s", f.keyword, key, d.n, off, d.set)
+	return fmt.Sprintf("dnat %s to %s . numgen random mod %d map @%s", f.keyword, key, d.n, d.set)
 }
 
 func (d dnatPick) exprs(f *family, _ *encoder) []expr.Any {
@@ -443,7 +438,7 @@ func (d dnatPick) exprs(f *family, _ *encoder) []expr.Any {
 	return append(out,
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
 		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Numgen{Register: numReg, Modulus: uint32(d.n), Type: unix.NFT_NG_RANDOM, Offset: uint32(d.offset)},
+		&expr.Numgen{Register: numReg, Modulus: uint32(d.n), Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: 1, SetName: d.set, IsDestRegSet: true, DestRegister: 1},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: 1, RegProtoMin: dataPortReg},
 	)
