@@ -399,21 +399,6 @@ type dnatPick struct {
 	n      int
 }
 
-// bucketPick stands, in the rules a shared chain is made from, for the
-// dnatPick rules of the endpoint counts lo..hi (countBucket), into which
-// sharedChain expands it; it never reaches the kernel. role is the map's
-// role (pickCluster or pickLocal).
-type bucketPick struct {
-	byAddr bool
-	role   string
-	lo, hi int
-}
-
-func (p bucketPick) text(*family) string { return fmt.Sprintf("pick %s %d-%d", p.role, p.lo, p.hi) }
-func (bucketPick) exprs(*family, *encoder) []expr.Any {
-	panic("nft: a bucketPick reached the kernel; sharedChain expands it")
-}
-
 func (d dnatPick) text(f *family) string {
 	key := "meta l4proto . th dport"
 	if d.byAddr {
@@ -442,4 +427,19 @@ func (d dnatPick) exprs(f *family, _ *encoder) []expr.Any {
 		&expr.Lookup{SourceRegister: 1, SetName: d.set, IsDestRegSet: true, DestRegister: 1},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: 1, RegProtoMin: dataPortReg},
 	)
+}
+
+// bucketPick stands, in the rules a shared chain is made from, for the
+// dnatPick rules of the endpoint counts lo..hi (countBucket), into which
+// sharedChain expands it; it never reaches the kernel. role is the map's
+// role (pickCluster or pickLocal).
+type bucketPick struct {
+	byAddr bool
+	role   string
+	lo, hi int
+}
+
+func (p bucketPick) text(*family) string { return fmt.Sprintf("pick %s %d-%d", p.role, p.lo, p.hi) }
+func (bucketPick) exprs(*family, *encoder) []expr.Any {
+	panic("nft: a bucketPick reached the kernel; sharedChain expands it")
 }
