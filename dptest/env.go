@@ -102,29 +102,38 @@ func NewEnv(t sandbox.TB) *Env {
 	c.MustRun(t, "ip", "route", "add", "default", "via", NodeIP.String())
 	c.MustRun(t, "ip", "-6", "route", "add", "default", "via", NodeIP6.String())
 
-	for i, p := range []struct{ name, ip, ip6 string }{
+	for _, p := range []struct{ name, ip, ip6 string }{
 		{"b1", "10.244.1.11", "fd00:244::11"}, {"b2", "10.244.1.12", "fd00:244::12"}, {"b3", "10.244.2.13", "fd00:244::13"},
 	} {
-		pod := &Pod{Name: p.name, IP: netip.MustParseAddr(p.ip), IP6: netip.MustParseAddr(p.ip6), NS: sandbox.New(t, p.name)}
-		link := fmt.Sprintf("b%d", i+1)
-		n.MustRun(t, "ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", pod.NS.Name)
-		n.MustRun(t, "ip", "addr", "add", MasqIP.String()+"/32", "dev", link)
-		n.MustRun(t, "ip", "-6", "addr", "add", MasqIP6.String()+"/128", "dev", link, "nodad")
-		n.MustRun(t, "ip", "link", "set", link, "up")
-		n.MustRun(t, "ip", "route", "add", p.ip+"/32", "dev", link)
-		n.MustRun(t, "ip", "-6", "route", "add", p.ip6+"/128", "dev", link)
-		pn := pod.NS
-		pn.MustRun(t, "ip", "addr", "add", p.ip+"/32", "dev", "eth0")
-		pn.MustRun(t, "ip", "-6", "addr", "add", p.ip6+"/128", "dev", "eth0", "nodad")
-		pn.MustRun(t, "ip", "link", "set", "eth0", "up")
-		pn.MustRun(t, "ip", "route", "add", MasqIP.String(), "dev", "eth0")
-		pn.MustRun(t, "ip", "route", "add", "default", "via", MasqIP.String())
-		pn.MustRun(t, "ip", "-6", "route", "add", MasqIP6.String(), "dev", "eth0")
-		pn.MustRun(t, "ip", "-6", "route", "add", "default", "via", MasqIP6.String())
-		e.Pods = append(e.Pods, pod)
-		e.serve(t, pod)
+		e.AddPod(t, p.name, netip.MustParseAddr(p.ip), netip.MustParseAddr(p.ip6))
 	}
 	return e
+}
+
+// AddPod adds a backend pod namespace, linked to the node by a veth pair
+// named like the pod (so name is at most 15 bytes), serving as the first
+// three do. Tests that need more endpoints than b1..b3 add pods.
+func (e *Env) AddPod(t sandbox.TB, name string, ip, ip6 netip.Addr) *Pod {
+	t.Helper()
+	n := e.Node
+	pod := &Pod{Name: name, IP: ip, IP6: ip6, NS: sandbox.New(t, name)}
+	n.MustRun(t, "ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", pod.NS.Name)
+	n.MustRun(t, "ip", "addr", "add", MasqIP.String()+"/32", "dev", name)
+	n.MustRun(t, "ip", "-6", "addr", "add", MasqIP6.String()+"/128", "dev", name, "nodad")
+	n.MustRun(t, "ip", "link", "set", name, "up")
+	n.MustRun(t, "ip", "route", "add", ip.String()+"/32", "dev", name)
+	n.MustRun(t, "ip", "-6", "route", "add", ip6.String()+"/128", "dev", name)
+	pn := pod.NS
+	pn.MustRun(t, "ip", "addr", "add", ip.String()+"/32", "dev", "eth0")
+	pn.MustRun(t, "ip", "-6", "addr", "add", ip6.String()+"/128", "dev", "eth0", "nodad")
+	pn.MustRun(t, "ip", "link", "set", "eth0", "up")
+	pn.MustRun(t, "ip", "route", "add", MasqIP.String(), "dev", "eth0")
+	pn.MustRun(t, "ip", "route", "add", "default", "via", MasqIP.String())
+	pn.MustRun(t, "ip", "-6", "route", "add", MasqIP6.String(), "dev", "eth0")
+	pn.MustRun(t, "ip", "-6", "route", "add", "default", "via", MasqIP6.String())
+	e.Pods = append(e.Pods, pod)
+	e.serve(t, pod)
+	return pod
 }
 
 // serve starts the pod's servers: HTTP on HTTPPort, UDP on UDPPort (and on

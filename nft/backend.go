@@ -45,8 +45,10 @@ type Backend struct {
 	// skipped counts full syncs found unnecessary that way.
 	skipped  uint64
 	lastFull bool
-	// lastMessages counts the netlink messages of the last Sync.
-	lastMessages int
+	// lastMessages counts the netlink messages of the last Sync;
+	// lastValidating those of an incremental one that make the kernel
+	// re-validate the table (see tx.validating; full syncs always do).
+	lastMessages, lastValidating int
 	// repairs counts full syncs that found the kernel changed behind our
 	// back (see tampered).
 	repairs uint64
@@ -183,7 +185,7 @@ func (b *Backend) Sync(ctx context.Context, s *proxy.State) error {
 		return err
 	}
 	var err error
-	b.lastMessages = 0
+	b.lastMessages, b.lastValidating = 0, 0
 	full := b.fullNext || b.last == nil
 	before, genErr := b.generation()
 	if b.verifyNext && !full {

@@ -3,6 +3,7 @@ package nft
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"runtime/metrics"
@@ -14,7 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/sandbox"
@@ -93,8 +96,14 @@ func BenchmarkRestartSync(b *testing.B) {
 
 // BenchmarkOneChangeSync changes one service per sync, back and forth, on
 // a node already holding N services × 10 endpoints: "remove" drops one
-// endpoint (the endpoint count changes), "replace" moves one endpoint to
-// another address (the count stays, as in a rolling update).
+// endpoint (10 → 9: the count changes within its bucket, see countBucket),
+// "cross" drops two (10 → 8: into another bucket, so the destination is
+// re-pointed to another chain), "replace" moves one endpoint to another
+// address (the count stays, as in a rolling update). Messages are the most
+// of one sync (the two directions of "cross" differ: one creates a chain,
+// the other re-points back to an existing one); validating messages are
+// those that make the kernel re-validate the table (new rules, jumping
+// elements).
 func BenchmarkOneChangeSync(b *testing.B) {
 	sandbox.Require(b, "nft")
 	changes := []struct {
@@ -102,6 +111,7 @@ func BenchmarkOneChangeSync(b *testing.B) {
 		change func(n int) *discoveryv1.EndpointSlice
 	}{
 		{"remove", func(n int) *discoveryv1.EndpointSlice { return scale.Slice(n/2, 10, 1) }},
+		{"cross", func(n int) *discoveryv1.EndpointSlice { return scale.Slice(n/2, 10, 2) }},
 		{"replace", func(n int) *discoveryv1.EndpointSlice {
 			sl := scale.Slice(n/2, 10, 0)
 			sl.Endpoints[0].Addresses = []string{"10.250.0.1"}
@@ -122,7 +132,7 @@ func BenchmarkOneChangeSync(b *testing.B) {
 				}
 				orig, changed := in.EndpointSlices[n/2], ch.change(n)
 				i := 0
-				var msgs int
+				var msgs, validating int
 				var took []time.Duration
 				for b.Loop() {
 					in.EndpointSlices[n/2] = changed
@@ -138,9 +148,10 @@ func BenchmarkOneChangeSync(b *testing.B) {
 						b.Fatal(err)
 					}
 					took = append(took, time.Since(start))
-					msgs = be.lastMessages
+					msgs, validating = max(msgs, be.lastMessages), max(validating, be.lastValidating)
 				}
 				b.ReportMetric(float64(msgs), "msgs/sync")
+				b.ReportMetric(float64(validating), "validating-msgs/sync")
 				slices.Sort(took)
 				b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
 				b.ReportMetric(float64(took[(len(took)*99)/100].Microseconds())/1000, "p99-ms")
@@ -235,4 +246,70 @@ func peakRSSMiB() float64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkNewConnection is the cost of a new connection's DNAT by the
+// endpoint count of its Service: a UDP socket, one datagram to a
+// ClusterIP and close, from inside the node's namespace (the datagram
+// leaves through a veth), each with a new conntrack entry, so that each
+// goes through the nat chains. A count's pick rule comes after the rules
+// of the smaller counts of its bucket, whose lookups miss: endpoints=33
+// is the first rule of its bucket, 64 the 32nd. "none" sends to an
+// address no Service has.
+func BenchmarkNewConnection(b *testing.B) {
+	sandbox.Require(b, "nft", "conntrack")
+	ns := sandbox.New(b, "conn")
+	ns.MustRun(b, "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.MustRun(b, "ip", "addr", "add", "10.0.0.100/8", "dev", "v0")
+	ns.MustRun(b, "ip", "link", "set", "v0", "up")
+	ns.MustRun(b, "ip", "link", "set", "v1", "up")
+	counts := []int{1, 4, 33, 64}
+	in := scale.Cluster(len(counts), 1)
+	for i, n := range counts {
+		in.Services[i].Spec.Type = corev1.ServiceTypeClusterIP
+		in.Services[i].Spec.SessionAffinity = ""
+		in.Services[i].Spec.Ports[0].Protocol = corev1.ProtocolUDP
+		in.EndpointSlices[i] = scale.Slice(i, n, 0)
+		in.EndpointSlices[i].Ports[0].Protocol = ptr.To(corev1.ProtocolUDP)
+	}
+	st := proxy.Build(in, scale.Config())
+	if err := New(WithNetNS(ns.FD())).Sync(context.Background(), st); err != nil {
+		b.Fatal(err)
+	}
+	for i, n := range append(counts, 0) {
+		name, dst := fmt.Sprintf("endpoints=%d", n), net.IP(st.IPv4.Services[min(i, len(counts)-1)].ClusterIP.AsSlice())
+		if n == 0 {
+			name, dst = "none", net.ParseIP("10.96.255.255")
+		}
+		b.Run(name, func(b *testing.B) {
+			ns.MustRun(b, "conntrack", "-F")
+			err := ns.Do(func() error {
+				b.ResetTimer()
+				for k := range b.N {
+					// A new source port each time; the ports are
+					// reused only after the conntrack table is flushed.
+					if k%40000 == 39999 {
+						b.StopTimer()
+						if _, err := ns.Run("conntrack", "-F"); err != nil {
+							return err
+						}
+						b.StartTimer()
+					}
+					c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(10, 0, 0, 100), Port: 20000 + k%40000}, &net.UDPAddr{IP: dst, Port: 80})
+					if err != nil {
+						return err
+					}
+					_, err = c.Write([]byte("x"))
+					c.Close()
+					if err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }

@@ -94,7 +94,7 @@ func TestLargeIncrementalSyncFallsBackToFull(t *testing.T) {
 	old := maxMessages
 	maxMessages = 50
 	t.Cleanup(func() { maxMessages = old })
-	for i := range 10 { // new counts: new chains and maps, removed ones
+	for i := range 10 { // new count buckets: new chains and maps, removed ones
 		in.EndpointSlices[i] = scale.Slice(i, 10, 1+i%5)
 	}
 	syncAndCompare(t, ns, b, proxy.Build(in, scale.Config()))

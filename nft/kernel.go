@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/google/nftables"
@@ -35,6 +36,10 @@ type tx struct {
 	// counter, if set, accumulates the messages of flushed transactions.
 	counter *int
 	owner   *Backend
+	// validating counts the messages after which the kernel re-validates
+	// the whole table at commit (O(table)): new rules, and element adds
+	// with a jump or goto.
+	validating int
 }
 
 func (b *Backend) newTx() (*tx, error) {
@@ -165,6 +170,7 @@ func (t *tx) addChain(f *family, c *chainDef, flush bool) {
 		}
 		t.conn.AddRule(&nftables.Rule{Table: nc.Table, Chain: nc, Exprs: exprs})
 		t.msgs++
+		t.validating++
 	}
 }
 
@@ -189,6 +195,11 @@ func (t *tx) elements(f *family, s *setDef, els []element, del bool) error {
 		t.msgs++
 		if del {
 			return t.conn.SetDeleteElements(ns, nl)
+		}
+		if slices.ContainsFunc(nl, func(e nftables.SetElement) bool {
+			return e.VerdictData != nil && (e.VerdictData.Kind == expr.VerdictJump || e.VerdictData.Kind == expr.VerdictGoto)
+		}) {
+			t.validating++
 		}
 		return t.conn.SetAddElements(ns, nl)
 	}
@@ -258,6 +269,7 @@ func (t *tx) flush() error {
 	}
 	if t.counter != nil {
 		*t.counter += t.msgs
+		t.owner.lastValidating += t.validating
 	}
 	t.owner.txs++
 	return nil

@@ -58,10 +58,11 @@ func TestEndpointCountChanges(t *testing.T) {
 		svc, fewer int
 	}{
 		{"start", 0, 0},
-		{"svc-4 to 9: a new clusterip chain", 4, 1},
-		{"svc-0 to 9: shares it", 0, 1},
+		{"svc-4 to 9: same bucket, same chain", 4, 1},
+		{"svc-4 to 8: a new clusterip chain (bucket 5–8)", 4, 2},
+		{"svc-0 to 8: shares it", 0, 2},
 		{"svc-4 back to 10", 4, 0},
-		{"svc-0 back to 10: the 9-chain is gone", 0, 0},
+		{"svc-0 back to 10: the 5–8 chain is gone", 0, 0},
 		{"svc-1 to 7: new nodeport chains", 1, 3},
 		{"svc-2 to 8: new external and nodeport chains", 2, 2},
 		{"svc-2 to 0: no endpoints", 2, 10},

@@ -19,10 +19,11 @@ import (
 //	nat-prerouting / nat-output ─▶ services:
 //	    daddr . proto . dport vmap @service-ips            ─▶ clusterip-* / external-*
 //	    (NodePort addresses) proto . dport vmap @service-nodeports ─▶ nodeport-*
-//	clusterip-*: mark off-cluster traffic for masquerade, then dnat to
-//	    daddr . proto . dport . numgen random mod N map @cluster-endpoints
+//	clusterip-*: mark off-cluster traffic for masquerade, then, for each
+//	    endpoint count k of the chain's bucket, dnat to daddr . proto .
+//	    dport . numgen random mod k map @<chain>-cluster-<k>
 //	external-* / nodeport-*: the model's routes — mark for masquerade or
-//	    short-circuit — each ending in such a dnat (nodeport-*: keyed by
+//	    short-circuit — each ending in such dnats (nodeport-*: keyed by
 //	    proto . dport) through the cluster or local endpoint maps
 //	affinity services: service-* / local-* / external-* chains of their own;
 //	    check each endpoint's affinity set, else `numgen random mod k 0` for
@@ -38,14 +39,18 @@ import (
 //
 // Services without affinity are data: the clusterip-, external- and
 // nodeport- chains are shared by every service port with the same content
-// (endpoint counts, routes), so the table holds a few dozen chains whatever
-// the number of services, and an endpoint replaced by another changes only
+// (endpoint count buckets, routes), so the table holds a few dozen chains
+// whatever the number of services, and an endpoint replaced by another, or
+// a count change within its bucket (countBucket), changes only
 // endpoint-map data, which the kernel commits without re-validating the
 // table's jumps (it does for every new rule or jumping element).
 //
-// The number of sets is constant (but for affinity, as in kube-proxy, one
-// per endpoint of an affinity Service): the kernel finds a set by name in
-// a list, so per-service sets make a sync quadratic.
+// The number of sets does not grow with the number of services (but for
+// affinity, as in kube-proxy, one per endpoint of an affinity Service):
+// the kernel finds a set by name in a list, so per-service sets make a
+// sync quadratic. Shared chains have a map per role and count of their
+// bucket, mostly empty: how many depends on the variety of counts and
+// routes, not on the number of services (34 at every benchmark scale).
 //
 // Chain names carry a hash of their content (and, but for shared chains,
 // of the service key): once created, they never change. A changed Service
@@ -69,13 +74,18 @@ const (
 	setHairpin             = "hairpin-ips"
 )
 
-// Endpoint maps, where a shared chain's `numgen random mod N` sends a
-// destination, belong to that chain: "<chain>-cluster" holds the
-// ClusterEndpoints of the destinations that use the chain, "<chain>-local"
-// their LocalEndpoints. A map is created and deleted with its chain, so a
-// new chain's rules bind to empty maps: binding a rule to a map makes the
-// kernel walk every element already in it, which a table-wide map would
-// turn into O(all endpoints) per new endpoint count.
+// Endpoint maps, where a shared chain's `numgen random mod k` sends a
+// destination, belong to that chain: "<chain>-cluster-<k>" holds the
+// ClusterEndpoints of the destinations that use the chain and have k of
+// them, "<chain>-local-<k>" their LocalEndpoints. A map is created and
+// deleted with its chain, so a new chain's rules bind to empty maps:
+// binding a rule to a map makes the kernel walk every element already in
+// it, which a table-wide map would turn into O(all endpoints) per new
+// endpoint count. One map per count, rather than one per role with an
+// offset per count, for the same reason: a full sync that rewrites an
+// existing chain binds each of its rules again, and a bucket's rules all
+// binding one map of 500k elements walked it once per rule (measured: 8
+// rules, 0.33 s; 8 maps, one of them full, 0.04 s).
 const (
 	pickCluster = "cluster"
 	pickLocal   = "local"
@@ -88,8 +98,37 @@ func pickRole(local bool) string {
 	return pickCluster
 }
 
-// pickMap names the endpoint map of a shared chain for a role.
-func pickMap(chain, role string) string { return chain + "-" + role }
+// pickMap names the endpoint map of a shared chain for a role and count.
+func pickMap(chain, role string, n int) string { return chain + "-" + role + "-" + strconv.Itoa(n) }
+
+// Count buckets: a shared chain serves every endpoint count of a bucket,
+// so that a count change within it (a rolling update's ±1 or surge, a
+// replica added) moves map data instead of re-pointing the destination
+// (a verdict change, after which the kernel re-validates the whole table:
+// O(services)). The chain has one pick rule per count k of the bucket,
+// `numgen random mod k map @<chain>-<role>-<k>`, and a destination with N
+// endpoints has its elements in the map for N only: the rules for other
+// counts miss their lookup, which ends the rule without a dnat, and the
+// one for N picks each endpoint with probability 1/N (as kube-proxy
+// does). The price: up to (bucket size) lookups for a new connection (nat
+// chains see a connection's first packet only; a route's sender match is
+// evaluated again by each of its rules), hence small buckets for small
+// counts, at most 32 counts, and exact counts above the last bound. 1 and
+// 2 share a bucket (a one-replica rollout goes 1 → 2 → 1).
+var countBucketBounds = []int{4, 8, 16, 32, 64}
+
+// countBucket is the range of endpoint counts that share chains with n
+// (n > 0).
+func countBucket(n int) (lo, hi int) {
+	lo = 1
+	for _, b := range countBucketBounds {
+		if n <= b {
+			return lo, b
+		}
+		lo = b + 1
+	}
+	return n, n
+}
 
 // fragment is the part of a table that one service port (or the fixed
 // skeleton) contributes.
@@ -222,10 +261,10 @@ func serviceInto(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.Servi
 }
 
 // pooledService lays out a service port without affinity as data: its
-// destinations go to chains shared by every service with the same number
-// of endpoints and the same routes, whose `numgen random mod N` indexes
-// the endpoint maps, which hold the service's endpoints. The port has no
-// chain of its own (but for source ranges).
+// destinations go to chains shared by every service with endpoint counts
+// in the same buckets and the same routes, whose `numgen random mod k`
+// index the endpoint maps, which hold the service's endpoints. The port
+// has no chain of its own (but for source ranges).
 func pooledService(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.ServicePort) *fragment {
 	proto := sp.Key.Protocol
 	fr.hairpin = appendUnionIPs(fr.hairpin, sp.ClusterEndpoints, sp.LocalEndpoints)
@@ -239,14 +278,16 @@ func pooledService(fr *fragment, f *family, fs *proxy.FamilyState, sp *proxy.Ser
 	// fill puts the endpoints for one destination into the endpoint map
 	// of chain ch for the role.
 	fill := func(ch string, local bool, addr netip.Addr, port uint16, eps []proxy.Endpoint) {
-		m := pickMap(ch, pickRole(local))
+		m := pickMap(ch, pickRole(local), len(eps))
 		for i, ep := range eps {
 			fr.elem(m, element{addr: addr, proto: proto, port: port, index: uint32(i), to: netip.AddrPortFrom(ep.IP, ep.Port)})
 		}
 	}
-	// pick names its map by role; sharedChain makes it the chain's own.
-	pick := func(byAddr, local bool, eps []proxy.Endpoint) dnatPick {
-		return dnatPick{byAddr: byAddr, set: pickRole(local), n: len(eps)}
+	// pick names its map by role and its count's bucket; sharedChain makes
+	// it one rule per count, each with a map of the chain's own.
+	pick := func(byAddr, local bool, eps []proxy.Endpoint) bucketPick {
+		lo, hi := countBucket(len(eps))
+		return bucketPick{byAddr: byAddr, role: pickRole(local), lo: lo, hi: hi}
 	}
 
 	// ClusterIP.
@@ -539,7 +580,8 @@ func (fr *fragment) chain(f *family, prefix, key string, rules []rule) string {
 // sharedChain adds a chain named by its content alone, which every
 // fragment with the same content shares, and returns its name. The
 // content names the endpoint maps of its picks by role; the chain gets
-// maps of its own for them (pickMap).
+// maps of its own for them (pickMap). A rule with a bucketPick becomes one
+// rule per count of the bucket, in order.
 func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
 	var key uint64
 	if fr.shared != nil {
@@ -549,22 +591,35 @@ func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
 			return c.name
 		}
 	}
-	var content strings.Builder
+	var own []rule
 	for _, r := range rules {
+		i := slices.IndexFunc(r, func(st stmt) bool { _, ok := st.(bucketPick); return ok })
+		if i < 0 {
+			own = append(own, slices.Clone(r))
+			continue
+		}
+		p := r[i].(bucketPick)
+		for k := p.lo; k <= p.hi; k++ {
+			kr := slices.Clone(r)
+			kr[i] = dnatPick{byAddr: p.byAddr, set: p.role, n: k}
+			own = append(own, kr)
+		}
+	}
+	var content strings.Builder
+	for _, r := range own {
 		content.WriteString(r.text(f))
 		content.WriteByte('\n')
 	}
 	sum := sha256.Sum256([]byte(prefix + "\x00" + content.String()))
-	c := &chainDef{name: prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8], shared: true}
-	for _, r := range rules {
-		own := slices.Clone(r)
-		for i, st := range own {
+	c := &chainDef{name: prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8], shared: true, rules: own}
+	for _, r := range own {
+		for i, st := range r {
 			p, ok := st.(dnatPick)
 			if !ok {
 				continue
 			}
-			p.set = pickMap(c.name, p.set)
-			own[i] = p
+			p.set = pickMap(c.name, p.set, p.n)
+			r[i] = p
 			if !slices.ContainsFunc(c.maps, func(m *setDef) bool { return m.name == p.set }) {
 				kind := nodePortEndpointMap
 				if p.byAddr {
@@ -573,7 +628,6 @@ func (fr *fragment) sharedChain(f *family, prefix string, rules []rule) string {
 				c.maps = append(c.maps, &setDef{name: p.set, kind: kind})
 			}
 		}
-		c.rules = append(c.rules, own)
 	}
 	fr.chains = append(fr.chains, c)
 	if fr.shared != nil {

@@ -173,7 +173,7 @@ func TestRawEncodingMatchesGoogleNftables(t *testing.T) {
 		// Chains: a base chain, and a shared one with a pick and a mark.
 		sk := skeleton(f, &proxy.FamilyState{Family: f.Family})
 		var fr fragment
-		fr.sharedChain(f, "clusterip", []rule{{markSet}, {dnatPick{byAddr: true, set: pickCluster, n: 3}}})
+		fr.sharedChain(f, "clusterip", []rule{{markSet}, {bucketPick{byAddr: true, role: pickCluster, lo: 1, hi: 4}}})
 		for _, ch := range append(sk.chains[:2:2], fr.chains[0]) {
 			for _, flush := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%s/chain %s flush=%v", f.keyword, ch.name, flush), func(t *testing.T) {

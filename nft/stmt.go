@@ -390,7 +390,9 @@ func (m markStmt) exprs(f *family, _ *encoder) []expr.Any {
 // destination's endpoints in an endpoint map. The rule depends only on N,
 // so services share it, and an endpoint replaced by another is a change of
 // data in the map, which the kernel commits without re-validating the
-// table.
+// table. When the map has no entry for the destination (it has another
+// count), the lookup's miss ends the rule and evaluation goes on with the
+// next one.
 type dnatPick struct {
 	byAddr bool
 	set    string
@@ -425,4 +427,19 @@ func (d dnatPick) exprs(f *family, _ *encoder) []expr.Any {
 		&expr.Lookup{SourceRegister: 1, SetName: d.set, IsDestRegSet: true, DestRegister: 1},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: 1, RegProtoMin: dataPortReg},
 	)
+}
+
+// bucketPick stands, in the rules a shared chain is made from, for the
+// dnatPick rules of the endpoint counts lo..hi (countBucket), into which
+// sharedChain expands it; it never reaches the kernel. role is the map's
+// role (pickCluster or pickLocal).
+type bucketPick struct {
+	byAddr bool
+	role   string
+	lo, hi int
+}
+
+func (p bucketPick) text(*family) string { return fmt.Sprintf("pick %s %d-%d", p.role, p.lo, p.hi) }
+func (bucketPick) exprs(*family, *encoder) []expr.Any {
+	panic("nft: a bucketPick reached the kernel; sharedChain expands it")
 }
