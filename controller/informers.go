@@ -193,8 +193,12 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 		})
 	}
 	core, disc := s.client.CoreV1(), s.client.DiscoveryV1()
-	svc := newInformer(s.listWatch("service", proxied, listOf(core.Services("").List), core.Services("").Watch), &corev1.Service{})
-	sl := newInformer(s.listWatch("endpointslice", proxied, listOf(disc.EndpointSlices("").List), disc.EndpointSlices("").Watch), &discoveryv1.EndpointSlice{})
+	listServices := streamedList(core.RESTClient(), "services", "ServiceList", s.trimService,
+		func(o *corev1.Service) runtime.Object { return listedService{o} }, listOf(core.Services("").List))
+	listSlices := streamedList(disc.RESTClient(), "endpointslices", "EndpointSliceList", s.trimEndpointSlice,
+		func(o *discoveryv1.EndpointSlice) runtime.Object { return listedSlice{o} }, listOf(disc.EndpointSlices("").List))
+	svc := newInformer(s.listWatch("service", proxied, listServices, core.Services("").Watch), &corev1.Service{})
+	sl := newInformer(s.listWatch("endpointslice", proxied, listSlices, disc.EndpointSlices("").Watch), &discoveryv1.EndpointSlice{})
 	node := newInformer(s.listWatch("node", thisNode, listOf(core.Nodes().List), core.Nodes().Watch), &corev1.Node{})
 	if err := svc.SetTransform(s.transformService); err != nil {
 		return err

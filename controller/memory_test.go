@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"testing"
 	"time"
@@ -33,7 +34,9 @@ import (
 // transformed and stored, minus the heap before. The objects are package
 // scale's, with what the API server adds (uid, resource version,
 // creationTimestamp, managedFields, defaulted fields), as svcproxy-bench
-// creates them. Deterministic, unlike the daemon's RSS:
+// creates them. Deterministic, unlike the daemon's RSS. peak-MiB is the
+// largest heap while listing (garbage included; it depends on when the
+// collector runs):
 //
 //	go test ./controller -run '^$' -bench InformerMemory -benchtime 1x
 //
@@ -69,16 +72,18 @@ func BenchmarkInformerMemory(b *testing.B) {
 		svcList, sliceList := encode(b, &svcs), encode(b, &sls)
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			for range b.N {
-				per := retained(b, svcList, nil) / float64(n)
-				b.ReportMetric(per, "B/service")
-				b.ReportMetric(per*float64(n)/(1<<20), "MiB")
+				kept, peak := retained(b, svcList, nil)
+				b.ReportMetric(kept/float64(n), "B/service")
+				b.ReportMetric(kept/(1<<20), "MiB")
+				b.ReportMetric(peak/(1<<20), "peak-MiB")
 			}
 		})
 		b.Run(fmt.Sprintf("slices=%d/endpoints=10", n), func(b *testing.B) {
 			for range b.N {
-				per := retained(b, nil, sliceList) / float64(n)
-				b.ReportMetric(per, "B/slice")
-				b.ReportMetric(per*float64(n)/(1<<20), "MiB")
+				kept, peak := retained(b, nil, sliceList)
+				b.ReportMetric(kept/float64(n), "B/slice")
+				b.ReportMetric(kept/(1<<20), "MiB")
+				b.ReportMetric(peak/(1<<20), "peak-MiB")
 			}
 		})
 	}
@@ -100,7 +105,7 @@ func served(m *metav1.ObjectMeta, i int) {
 var protobufCodec = protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)
 
 // encode is obj as the API server sends it to client-go.
-func encode(b *testing.B, obj kruntime.Object) []byte {
+func encode(b testing.TB, obj kruntime.Object) []byte {
 	b.Helper()
 	gvks, _, err := scheme.Scheme.ObjectKinds(obj)
 	if err != nil {
@@ -115,15 +120,34 @@ func encode(b *testing.B, obj kruntime.Object) []byte {
 }
 
 // retained is the heap an InformerSource keeps after listing services and
-// slices (protobuf lists; nil: none) from fakeAPIServer. The daemon's
-// client, decoding and reflector are the real ones.
-func retained(b *testing.B, services, slices []byte) float64 {
+// slices (protobuf lists; nil: none) from fakeAPIServer, and the largest
+// heap (objects, garbage included) while listing, both net of the heap
+// before. The daemon's client, decoding and reflector are the real ones.
+func retained(b *testing.B, services, slices []byte) (kept, peak float64) {
 	b.Helper()
 	srv, c := fakeAPIServer(b, services, slices)
 	defer srv.Close()
 
 	before := heapAfterGC()
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	var top uint64
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			metrics.Read(sample)
+			top = max(top, sample[0].Value.Uint64())
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
 	s, stop := syncedSource(b, c)
+	close(done)
+	<-sampled
 	defer stop()
 	in := s.Inputs()
 	if len(in.Services)+len(in.EndpointSlices) == 0 {
@@ -139,7 +163,7 @@ func retained(b *testing.B, services, slices []byte) float64 {
 		w.Close()
 	}
 	runtime.KeepAlive(s)
-	return float64(after) - float64(before)
+	return float64(after) - float64(before), float64(top) - float64(before)
 }
 
 func heapAfterGC() uint64 {
@@ -153,7 +177,7 @@ func heapAfterGC() uint64 {
 // fakeAPIServer serves services and slices (protobuf lists; nil: none) as
 // the test API server does: lists in protobuf, no WatchList, watches that
 // stay open without events.
-func fakeAPIServer(b *testing.B, services, slices []byte) (*httptest.Server, kubernetes.Interface) {
+func fakeAPIServer(b testing.TB, services, slices []byte) (*httptest.Server, kubernetes.Interface) {
 	b.Helper()
 	rv := metav1.ListMeta{ResourceVersion: "1"}
 	if services == nil {
@@ -222,7 +246,7 @@ func BenchmarkInputs(b *testing.B) {
 
 // syncedSource starts the daemon's informers on c and waits until they
 // hold the first complete view; stop ends them.
-func syncedSource(b *testing.B, c kubernetes.Interface) (s *InformerSource, stop func()) {
+func syncedSource(b testing.TB, c kubernetes.Interface) (s *InformerSource, stop func()) {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s = NewInformerSource(c, "node-0", 0)

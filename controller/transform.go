@@ -27,12 +27,41 @@ import (
 // written through. TestTransformsKeepTheModel builds with and without
 // them.
 
+// listedService and listedSlice wrap the objects an initial list (or a
+// relist) transformed as it decoded them (streamedList): the informer's
+// transform, which sees every object before it is stored, only unwraps
+// them. As metav1.Objects they give the informer their keys.
+type (
+	listedService struct{ *corev1.Service }
+	listedSlice   struct{ *discoveryv1.EndpointSlice }
+)
+
 // transformService is the Service informer's transform.
 func (s *InformerSource) transformService(obj any) (any, error) {
-	svc, ok := obj.(*corev1.Service)
-	if !ok {
-		return obj, nil
+	switch o := obj.(type) {
+	case listedService:
+		return o.Service, nil
+	case *corev1.Service:
+		s.trimService(o)
+		return o, nil
 	}
+	return obj, nil
+}
+
+// transformEndpointSlice is the EndpointSlice informer's transform.
+func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
+	switch o := obj.(type) {
+	case listedSlice:
+		return o.EndpointSlice, nil
+	case *discoveryv1.EndpointSlice:
+		s.trimEndpointSlice(o)
+		return o, nil
+	}
+	return obj, nil
+}
+
+// trimService keeps, and shares, what svcproxy reads of a Service.
+func (s *InformerSource) trimService(svc *corev1.Service) {
 	trimMeta(&svc.ObjectMeta, []string{proxy.LabelServiceProxyName, proxy.LabelHeadless}, nil)
 	svc.Namespace = s.strings.value(svc.Namespace)
 	sp := &svc.Spec
@@ -69,15 +98,10 @@ func (s *InformerSource) transformService(obj any) (any, error) {
 			}
 		}
 	}
-	return svc, nil
 }
 
-// transformEndpointSlice is the EndpointSlice informer's transform.
-func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
-	sl, ok := obj.(*discoveryv1.EndpointSlice)
-	if !ok {
-		return obj, nil
-	}
+// trimEndpointSlice keeps, and shares, what svcproxy reads of a slice.
+func (s *InformerSource) trimEndpointSlice(sl *discoveryv1.EndpointSlice) {
 	trimMeta(&sl.ObjectMeta, []string{discoveryv1.LabelServiceName, proxy.LabelServiceProxyName, proxy.LabelHeadless},
 		[]string{corev1.EndpointsLastChangeTriggerTime})
 	// Events name the Service, never a slice: a slice's UID is not read.
@@ -112,7 +136,6 @@ func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
 			}
 		}
 	}
-	return sl, nil
 }
 
 // packAddresses keeps each endpoint's first address, the only one read
