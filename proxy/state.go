@@ -79,11 +79,14 @@ func (k Key) Compare(o Key) int {
 // Every endpoint masquerades traffic whose source is the endpoint itself
 // (hairpin: a pod reaching itself through its Service), so that the reply
 // comes back through the node.
+//
+// The State holds one per endpoint and port: the fields are ordered so
+// that it takes 48 bytes (Port among the flags; it took 56).
 type Endpoint struct {
 	IP          netip.Addr
-	Port        uint16
 	NodeName    string // "" when the EndpointSlice did not say
-	Local       bool   // on this node
+	Port        uint16
+	Local       bool // on this node
 	Ready       bool
 	Serving     bool
 	Terminating bool

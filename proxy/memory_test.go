@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"testing"
+	"unsafe"
 )
 
 // The hasher is FNV-1a over the fields' encodings, as hash/fnv computes
@@ -33,5 +34,11 @@ func TestHasherIsFNV1aWithoutAllocations(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(10, func() { servicePortHash(sp) }); n != 0 {
 		t.Errorf("servicePortHash: %v allocations", n)
+	}
+}
+
+func TestEndpointTakes48Bytes(t *testing.T) {
+	if n := unsafe.Sizeof(Endpoint{}); n != 48 {
+		t.Errorf("Endpoint takes %d bytes", n)
 	}
 }
