@@ -188,8 +188,30 @@ func trimMeta(m *metav1.ObjectMeta, labels, annotations []string) {
 	}
 }
 
-// only returns the entries of m under keys, or nil if there are none.
+// only returns the entries of m under keys, or nil if there are none. A
+// map of up to 8 entries (one group: the least a Go map takes) is trimmed
+// in place: a copy was as large, and the decoded map became garbage among
+// the objects the caches keep. keys must be constants: the map keeps them.
 func only(m map[string]string, keys []string) map[string]string {
+	kept := 0
+	for _, k := range keys {
+		if _, ok := m[k]; ok {
+			kept++
+		}
+	}
+	switch {
+	case kept == 0:
+		return nil
+	case len(m) <= 8:
+		for k, v := range m {
+			if i := slices.Index(keys, k); i >= 0 {
+				m[keys[i]] = v // stores our key: the decoded copy is dropped
+			} else {
+				delete(m, k)
+			}
+		}
+		return m
+	}
 	var out map[string]string
 	for _, k := range keys {
 		if v, ok := m[k]; ok {
