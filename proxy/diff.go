@@ -141,7 +141,7 @@ func (s *State) Diff(prev *State, f Family) FamilyDiff {
 	} else {
 		d.GlobalChanged = true
 	}
-	if s.delta != nil && s.delta.from == prev {
+	if s.delta != nil && prev != nil && prev.id != 0 && s.delta.from == prev.id {
 		// Only these keys can differ (Builder): O(changed).
 		for _, k := range s.delta.keys[famIndex(f)] {
 			o, n := prev.Family(f).Service(k), cur.Service(k)

@@ -50,11 +50,13 @@ func newBuiltService(sl []*discoveryv1.EndpointSlice, ports []*ServicePort, ext 
 func (m *Builder) Build(in Inputs, cfg Config) *State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if st := m.incrementalBuild(in, cfg); st != nil {
-		return st
+	st := m.incrementalBuild(in, cfg)
+	if st == nil {
+		var raw [2][]*ServicePort
+		st, raw = build(in, cfg, m)
+		m.reindex(in, st, raw)
 	}
-	st, raw := build(in, cfg, m)
-	m.reindex(in, st, raw)
+	st.id = stateIDs.Add(1)
 	return st
 }
 

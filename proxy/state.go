@@ -295,6 +295,8 @@ type State struct {
 	// delta, set by a Builder, names the ports that may differ from the
 	// State it built before, so that Diff need not compare them all.
 	delta *delta
+	// id numbers the States a Builder makes (0: not a Builder's).
+	id uint64
 }
 
 // Families returns the IPv4 and the IPv6 state, in that order.
