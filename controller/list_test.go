@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -18,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 
@@ -251,4 +253,39 @@ func page(t *testing.T, list runtime.Object, token string) runtime.Object {
 		lm.Continue = fmt.Sprint(to)
 	}
 	return out.Interface().(runtime.Object)
+}
+
+// Inputs makes a list again only for a store that changed: a sync after an
+// EndpointSlice change reuses the list of Services.
+func TestInputsListAgainOnlyWhatChanged(t *testing.T) {
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "t", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.0.0.1"}}},
+	}
+	c := fake.NewClientset(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "t", Name: "web"}}, sl.DeepCopy())
+	s, stop := syncedSource(t, c)
+	defer stop()
+	a, b := s.Inputs(), s.Inputs()
+	if len(a.Services) != 1 || len(a.EndpointSlices) != 1 {
+		t.Fatalf("%d services, %d slices", len(a.Services), len(a.EndpointSlices))
+	}
+	if &a.Services[0] != &b.Services[0] || &a.EndpointSlices[0] != &b.EndpointSlices[0] {
+		t.Error("lists made again with no change")
+	}
+	sl.Endpoints[0].Addresses[0] = "10.0.0.2"
+	sl.ResourceVersion = "2" // the fake keeps none; an update without a new one looks like a resync
+	if _, err := c.DiscoveryV1().EndpointSlices("t").Update(context.Background(), sl, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Inputs().EndpointSlices[0].Endpoints[0].Addresses[0] != "10.0.0.2" {
+		if time.Now().After(deadline) {
+			t.Fatal("the slice's change never reached Inputs")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := s.Inputs(); &got.Services[0] != &a.Services[0] {
+		t.Error("the list of Services was made again after a slice changed")
+	}
 }
