@@ -356,7 +356,7 @@ func runCleanup(args []string, stdout, stderr io.Writer) int {
 }
 
 // memoryHeadroom is the daemon's bound on heap growth between collections
-// (controller.MemoryHeadroom): half the live heap, at least 32 MiB. A
+// (controller.MemoryHeadroom): a quarter of the live heap, at least 32 MiB. A
 // GOMEMLIMIT or GOGC in the environment means the operator tunes the
 // runtime: then the daemon leaves it alone.
 func memoryHeadroom() *controller.MemoryHeadroom {
@@ -366,5 +366,5 @@ func memoryHeadroom() *controller.MemoryHeadroom {
 			return nil
 		}
 	}
-	return &controller.MemoryHeadroom{Fraction: 0.5, Min: 32 << 20}
+	return &controller.MemoryHeadroom{Fraction: 0.25, Min: 32 << 20}
 }
