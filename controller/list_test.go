@@ -22,26 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-
-	"github.com/svcproxy/svcproxy/scale"
 )
-
-// servedCluster is package scale's n Services and slices with what the
-// API server adds, as lists.
-func servedCluster(n, eps int) (*corev1.ServiceList, *discoveryv1.EndpointSliceList) {
-	in := scale.Cluster(n, eps)
-	svcs := &corev1.ServiceList{ListMeta: metav1.ListMeta{ResourceVersion: "100000000"}}
-	sls := &discoveryv1.EndpointSliceList{ListMeta: metav1.ListMeta{ResourceVersion: "100000000"}}
-	for i, s := range in.Services {
-		served(&s.ObjectMeta, i)
-		svcs.Items = append(svcs.Items, *s)
-	}
-	for i, sl := range in.EndpointSlices {
-		served(&sl.ObjectMeta, n+i)
-		sls.Items = append(sls.Items, *sl)
-	}
-	return svcs, sls
-}
 
 // answering serves one response to every request.
 func answering(t *testing.T, status int, contentType string, body []byte) rest.Interface {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"testing"
@@ -24,7 +26,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
+	"github.com/svcproxy/svcproxy/nft"
 	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/sandbox"
 	"github.com/svcproxy/svcproxy/scale"
 )
 
@@ -44,32 +48,8 @@ import (
 // -memprofilerate 64 for detail), for go tool pprof -inuse_space.
 func BenchmarkInformerMemory(b *testing.B) {
 	for _, n := range []int{10000, 50000} {
-		in := scale.Cluster(n, 10)
-		svcs := corev1.ServiceList{ListMeta: metav1.ListMeta{ResourceVersion: "100000000"}}
-		sls := discoveryv1.EndpointSliceList{ListMeta: metav1.ListMeta{ResourceVersion: "100000000"}}
-		for i, s := range in.Services {
-			served(&s.ObjectMeta, i)
-			s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
-			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
-			s.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
-			s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyCluster)
-			if s.Spec.SessionAffinity == "" {
-				s.Spec.SessionAffinity = corev1.ServiceAffinityNone
-			}
-			if s.Spec.Type != corev1.ServiceTypeClusterIP && s.Spec.ExternalTrafficPolicy == "" {
-				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
-			}
-			for j := range s.Spec.Ports {
-				s.Spec.Ports[j].TargetPort.IntVal = s.Spec.Ports[j].Port
-			}
-			svcs.Items = append(svcs.Items, *s)
-		}
-		for i, sl := range in.EndpointSlices {
-			served(&sl.ObjectMeta, n+i)
-			sl.Generation = 1
-			sls.Items = append(sls.Items, *sl)
-		}
-		svcList, sliceList := encode(b, &svcs), encode(b, &sls)
+		svcs, sls := servedCluster(n, 10)
+		svcList, sliceList := encode(b, svcs), encode(b, sls)
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			for range b.N {
 				kept, peak := retained(b, svcList, nil)
@@ -87,6 +67,38 @@ func BenchmarkInformerMemory(b *testing.B) {
 			}
 		})
 	}
+}
+
+// servedCluster is package scale's n Services and their slices of eps
+// endpoints as the API server serves them: with the metadata it adds
+// (served) and the fields it defaults.
+func servedCluster(n, eps int) (*corev1.ServiceList, *discoveryv1.EndpointSliceList) {
+	in := scale.Cluster(n, eps)
+	svcs := &corev1.ServiceList{ListMeta: metav1.ListMeta{ResourceVersion: "100000000"}}
+	sls := &discoveryv1.EndpointSliceList{ListMeta: metav1.ListMeta{ResourceVersion: "100000000"}}
+	for i, s := range in.Services {
+		served(&s.ObjectMeta, i)
+		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
+		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+		s.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
+		s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyCluster)
+		if s.Spec.SessionAffinity == "" {
+			s.Spec.SessionAffinity = corev1.ServiceAffinityNone
+		}
+		if s.Spec.Type != corev1.ServiceTypeClusterIP && s.Spec.ExternalTrafficPolicy == "" {
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
+		}
+		for j := range s.Spec.Ports {
+			s.Spec.Ports[j].TargetPort.IntVal = s.Spec.Ports[j].Port
+		}
+		svcs.Items = append(svcs.Items, *s)
+	}
+	for i, sl := range in.EndpointSlices {
+		served(&sl.ObjectMeta, n+i)
+		sl.Generation = 1
+		sls.Items = append(sls.Items, *sl)
+	}
+	return svcs, sls
 }
 
 // served sets the metadata the API server adds, as it adds it (the
@@ -262,4 +274,69 @@ func syncedSource(b testing.TB, c kubernetes.Interface) (s *InformerSource, stop
 		b.Fatal("informers did not sync")
 	}
 	return s, cancel
+}
+
+// BenchmarkColdStart is the daemon's start at N Services × 10 endpoints in
+// one process, as the daemon runs it: an InformerSource listing package
+// scale's cluster (served as protobuf lists, as in BenchmarkInformerMemory),
+// then the Controller's first sync (its Builder and the nftables backend,
+// into a network namespace), then the release that follows it. Reported,
+// net of the process before: the largest memory the Go runtime held
+// (peak-MiB; the daemon's VmHWM but for its binary), and after the start
+// and the release that follows it the live heap (live-MiB), the free room
+// in the spans that hold it (frag-MiB: resident too, Go does not compact),
+// and what the runtime holds (held-MiB). Root only (a network namespace).
+//
+//	go test ./controller -run '^$' -bench ColdStart -benchtime 1x
+func BenchmarkColdStart(b *testing.B) {
+	sandbox.Require(b, "nft")
+	for _, n := range []int{10000, 50000} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			svcs, sls := servedCluster(n, 10)
+			srv, c := fakeAPIServer(b, encode(b, svcs), encode(b, sls))
+			defer srv.Close()
+			svcs, sls = nil, nil
+			for range b.N {
+				coldStart(b, c)
+			}
+		})
+	}
+}
+
+func coldStart(b *testing.B, c kubernetes.Interface) {
+	ns := sandbox.New(b, "cold")
+	read := func() (live, unused, held uint64) {
+		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/unused:bytes"},
+			{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64() - s[3].Value.Uint64()
+	}
+	debug.FreeOSMemory()
+	live0, unused0, held0 := read()
+	synced := make(chan struct{}, 1)
+	ctl := &Controller{Source: NewInformerSource(c, "node-0", 0), Backend: nft.New(nft.WithNetNS(ns.FD())),
+		Config: scale.Config(), SyncPeriod: time.Hour, Memory: &MemoryHeadroom{Fraction: 0.25, Min: 32 << 20},
+		Hooks: Hooks{Synced: func(*proxy.State, proxy.Inputs) { synced <- struct{}{} }}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go ctl.Run(ctx)
+	peak := held0
+	for waiting := true; waiting; {
+		select {
+		case <-synced:
+			waiting = false
+		case <-time.After(time.Millisecond):
+		}
+		_, _, held := read()
+		peak = max(peak, held)
+	}
+	debug.FreeOSMemory() // as the daemon's release after the sync does
+	live, unused, held := read()
+	mib := func(a, b uint64) float64 { return (float64(a) - float64(b)) / (1 << 20) }
+	b.ReportMetric(mib(peak, held0), "peak-MiB")
+	b.ReportMetric(mib(live, live0), "live-MiB")
+	b.ReportMetric(mib(unused, unused0), "frag-MiB")
+	b.ReportMetric(mib(held, held0), "held-MiB")
+	runtime.KeepAlive(ctl)
+	debug.SetMemoryLimit(math.MaxInt64)
 }
