@@ -38,23 +38,22 @@ type (
 
 // transformService is the Service informer's transform.
 func (s *InformerSource) transformService(obj any) (any, error) {
-	switch o := obj.(type) {
-	case listedService:
-		return o.Service, nil
-	case *corev1.Service:
-		s.trimService(o)
-		return o, nil
-	}
-	return obj, nil
+	return transform(obj, s.trimService, func(l listedService) *corev1.Service { return l.Service })
 }
 
 // transformEndpointSlice is the EndpointSlice informer's transform.
 func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
+	return transform(obj, s.trimEndpointSlice, func(l listedSlice) *discoveryv1.EndpointSlice { return l.EndpointSlice })
+}
+
+// transform trims obj if it is a *T, unwraps it if a list trimmed it
+// already (L), and leaves anything else as it is.
+func transform[T, L any](obj any, trim func(*T), unwrap func(L) *T) (any, error) {
 	switch o := obj.(type) {
-	case listedSlice:
-		return o.EndpointSlice, nil
-	case *discoveryv1.EndpointSlice:
-		s.trimEndpointSlice(o)
+	case L:
+		return unwrap(o), nil
+	case *T:
+		trim(o)
 		return o, nil
 	}
 	return obj, nil
