@@ -196,9 +196,9 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 		})
 	}
 	core, disc := s.client.CoreV1(), s.client.DiscoveryV1()
-	listServices := streamedList(core.RESTClient(), "services", "ServiceList", s.trimService,
+	listServices := streamedList(core.RESTClient(), "services", "ServiceList", serviceMeta, s.trimService,
 		func(o *corev1.Service) runtime.Object { return listedService{o} }, listOf(core.Services("").List))
-	listSlices := streamedList(disc.RESTClient(), "endpointslices", "EndpointSliceList", s.trimEndpointSlice,
+	listSlices := streamedList(disc.RESTClient(), "endpointslices", "EndpointSliceList", sliceMeta, s.trimEndpointSlice,
 		func(o *discoveryv1.EndpointSlice) runtime.Object { return listedSlice{o} }, listOf(disc.EndpointSlices("").List))
 	svc := newInformer(s.listWatch("service", proxied, listServices, core.Services("").Watch), &corev1.Service{})
 	sl := newInformer(s.listWatch("endpointslice", proxied, listSlices, disc.EndpointSlices("").Watch), &discoveryv1.EndpointSlice{})

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,7 +24,10 @@ import (
 // all alive at once (the daemon's peak), and the objects the caches keep
 // end up scattered among the list's garbage, which stays as fragmentation.
 // streamList decodes the items one at a time as the response arrives and
-// transforms each at once; only what the caches keep accumulates.
+// transforms each at once; only what the caches keep accumulates. Of each
+// item's metadata it decodes only what the transform keeps (metaKeep):
+// managedFields, owner references, other labels and annotations (in real
+// clusters often most of an object) cost no allocation at all.
 
 // protobufMagic starts the API server's protobuf responses, followed by a
 // runtime.Unknown: 1 typeMeta, 2 raw (the list), 3 contentEncoding, 4
@@ -41,12 +45,12 @@ type protoObject[T any] interface {
 }
 
 // streamList lists resource in all namespaces, as a typed client's List
-// does, each item decoded on its own and passed to keep, whose result is
-// the returned list's item (a *metav1.List, whose items the reflector
+// does, each item decoded on its own, its metadata cut down to meta, and
+// passed to keep, whose result is the returned list's item (a *metav1.List, whose items the reflector
 // takes as they are). kind is the list's kind (e.g. "ServiceList"). It
 // returns errNotProtobuf if the response is in another encoding.
 func streamList[T any, P protoObject[T]](ctx context.Context, c rest.Interface, resource, kind string,
-	o metav1.ListOptions, keep func(P) runtime.Object) (runtime.Object, error) {
+	o metav1.ListOptions, meta metaKeep, keep func(P) runtime.Object) (runtime.Object, error) {
 	var timeout time.Duration
 	if o.TimeoutSeconds != nil {
 		timeout = time.Duration(*o.TimeoutSeconds) * time.Second
@@ -63,7 +67,9 @@ func streamList[T any, P protoObject[T]](ctx context.Context, c rest.Interface, 
 	}
 	r.r.Discard(len(protobufMagic))
 	list := &metav1.List{}
-	var buf []byte // one item's encoding at a time: Unmarshal copies what it keeps
+	// One item's encoding at a time, and the same with its metadata cut
+	// down: Unmarshal copies what it keeps.
+	var buf, trimmed []byte
 	seenKind := false
 	for {
 		field, wire, err := r.tag()
@@ -111,8 +117,11 @@ func streamList[T any, P protoObject[T]](ctx context.Context, c rest.Interface, 
 					if buf, err = r.bytes(buf, end-r.n); err != nil {
 						return nil, err
 					}
+					if trimmed, err = withTrimmedMeta(trimmed[:0], buf, meta); err != nil {
+						return nil, err
+					}
 					obj := P(new(T))
-					if err := obj.Unmarshal(buf); err != nil {
+					if err := obj.Unmarshal(trimmed); err != nil {
 						return nil, err
 					}
 					list.Items = append(list.Items, runtime.RawExtension{Object: keep(obj)})
@@ -233,11 +242,11 @@ func noEOF(err error) error {
 // so that the informer's transform knows it is done (see listedService).
 // It falls back to list where streamList cannot be used: a fake clientset
 // has no REST client, and a server may answer in JSON.
-func streamedList[T any, P protoObject[T]](c rest.Interface, resource, kind string, transform func(P), wrap func(P) runtime.Object,
+func streamedList[T any, P protoObject[T]](c rest.Interface, resource, kind string, meta metaKeep, transform func(P), wrap func(P) runtime.Object,
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error)) func(context.Context, metav1.ListOptions) (runtime.Object, error) {
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		if rc, ok := c.(*rest.RESTClient); ok && rc != nil {
-			l, err := streamList(ctx, rc, resource, kind, o, func(obj P) runtime.Object {
+			l, err := streamList(ctx, rc, resource, kind, o, meta, func(obj P) runtime.Object {
 				transform(obj)
 				return wrap(obj)
 			})
@@ -248,3 +257,122 @@ func streamedList[T any, P protoObject[T]](c rest.Interface, resource, kind stri
 		return list(ctx, o)
 	}
 }
+
+// ObjectMeta's fields (k8s.io/apimachinery/pkg/apis/meta/v1).
+const (
+	metaName, metaNamespace, metaUID, metaResourceVersion, metaCreated, metaLabels, metaAnnotations = 1, 3, 5, 6, 8, 11, 12
+)
+
+// withTrimmedMeta appends obj, an encoded object whose field 1 is its
+// metadata, to dst with the metadata cut down to keep.
+func withTrimmedMeta(dst, obj []byte, keep metaKeep) ([]byte, error) {
+	for len(obj) > 0 {
+		f, err := nextField(obj)
+		if err != nil {
+			return nil, err
+		}
+		obj = obj[len(f.whole):]
+		if f.num != 1 || f.wire != 2 {
+			dst = append(dst, f.whole...)
+			continue
+		}
+		size := 0 // of the metadata kept: a first pass, then the copy
+		for pass := range 2 {
+			if pass == 1 {
+				dst = binary.AppendUvarint(append(dst, f.whole[0]), uint64(size))
+			}
+			for meta := f.value; len(meta) > 0; {
+				m, err := nextField(meta)
+				if err != nil {
+					return nil, err
+				}
+				meta = meta[len(m.whole):]
+				if ok, err := keep.has(m); err != nil {
+					return nil, err
+				} else if ok && pass == 0 {
+					size += len(m.whole)
+				} else if ok {
+					dst = append(dst, m.whole...)
+				}
+			}
+		}
+	}
+	return dst, nil
+}
+
+// has says whether metadata field f is kept.
+func (keep metaKeep) has(f field) (bool, error) {
+	switch f.num {
+	case metaName, metaNamespace, metaResourceVersion, metaCreated:
+		return true, nil
+	case metaUID:
+		return keep.uid, nil
+	case metaLabels, metaAnnotations:
+		keys := keep.labels
+		if f.num == metaAnnotations {
+			keys = keep.annotations
+		}
+		k, err := mapEntryKey(f.value)
+		return slices.ContainsFunc(keys, func(s string) bool { return s == string(k) }), err
+	}
+	return false, nil
+}
+
+// mapEntryKey is the key (field 1) of an encoded map entry.
+func mapEntryKey(entry []byte) ([]byte, error) {
+	for len(entry) > 0 {
+		f, err := nextField(entry)
+		if err != nil {
+			return nil, err
+		}
+		if f.num == 1 && f.wire == 2 {
+			return f.value, nil
+		}
+		entry = entry[len(f.whole):]
+	}
+	return nil, nil
+}
+
+// field is one field of an encoded message: whole is all its bytes, value
+// the value of a length-delimited one.
+type field struct {
+	num          uint64
+	wire         byte
+	whole, value []byte
+}
+
+func nextField(b []byte) (field, error) {
+	key, n := binary.Uvarint(b)
+	if n <= 0 {
+		return field{}, errMalformed
+	}
+	f := field{num: key >> 3, wire: byte(key & 7)}
+	switch f.wire {
+	case 0:
+		_, m := binary.Uvarint(b[n:])
+		if m <= 0 {
+			return field{}, errMalformed
+		}
+		n += m
+	case 1:
+		n += 8
+	case 2:
+		l, m := binary.Uvarint(b[n:])
+		if m <= 0 || l > uint64(len(b)-n-m) {
+			return field{}, errMalformed
+		}
+		f.value = b[n+m : n+m+int(l)]
+		n += m + int(l)
+	case 5:
+		n += 4
+	default:
+		return field{}, errMalformed
+	}
+	if n > len(b) {
+		return field{}, errMalformed
+	}
+	f.whole = b[:n]
+	return f, nil
+}
+
+var errMalformed = errors.New("protobuf: malformed message")

@@ -45,13 +45,13 @@ type tagged struct {
 	n int
 }
 
-// streamList decodes what the typed client decodes, item by item, and
-// hands each to keep in order.
+// streamList decodes what the typed client decodes, item by item, but for
+// the metadata the caches do not keep, and hands each to keep in order.
 func TestStreamListDecodesEveryItem(t *testing.T) {
 	svcs, _ := servedCluster(50, 2)
 	c := answering(t, http.StatusOK, "application/vnd.kubernetes.protobuf", encode(t, svcs))
 	var kept []*corev1.Service
-	obj, err := streamList(context.Background(), c, "services", "ServiceList", metav1.ListOptions{}, func(s *corev1.Service) runtime.Object {
+	obj, err := streamList(context.Background(), c, "services", "ServiceList", metav1.ListOptions{}, serviceMeta, func(s *corev1.Service) runtime.Object {
 		kept = append(kept, s)
 		return tagged{s, len(kept)}
 	})
@@ -64,7 +64,8 @@ func TestStreamListDecodesEveryItem(t *testing.T) {
 	}
 	for i := range svcs.Items {
 		want := svcs.Items[i].DeepCopy()
-		want.TypeMeta = metav1.TypeMeta{} // list items carry none
+		want.TypeMeta = metav1.TypeMeta{}  // list items carry none
+		serviceMeta.trim(&want.ObjectMeta) // the rest is not decoded
 		if !reflect.DeepEqual(kept[i], want) {
 			t.Fatalf("item %d:\n%+v\nwant\n%+v", i, kept[i], want)
 		}
@@ -89,7 +90,7 @@ func TestStreamedListFallsBackToTheTypedList(t *testing.T) {
 		rc := answering(t, http.StatusOK, c.contentType, c.body)
 		typed := kubernetes.New(rc).CoreV1().Services("")
 		transformed := 0
-		list := streamedList(rc, "services", "ServiceList", func(*corev1.Service) { transformed++ },
+		list := streamedList(rc, "services", "ServiceList", serviceMeta, func(*corev1.Service) { transformed++ },
 			func(s *corev1.Service) runtime.Object { return tagged{s, transformed} }, listOf(typed.List))
 		obj, err := list(context.Background(), metav1.ListOptions{})
 		if err != nil {
@@ -138,7 +139,7 @@ func TestStreamListErrors(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := streamList(context.Background(), answering(t, c.status, c.contentType, c.body), "services", "ServiceList",
-				metav1.ListOptions{}, func(s *corev1.Service) runtime.Object { return s })
+				metav1.ListOptions{}, serviceMeta, func(s *corev1.Service) runtime.Object { return s })
 			if err == nil || (c.is != nil && !c.is(err)) {
 				t.Errorf("err = %v", err)
 			}
@@ -268,5 +269,61 @@ func TestInputsListAgainOnlyWhatChanged(t *testing.T) {
 	}
 	if got := s.Inputs(); &got.Services[0] != &a.Services[0] {
 		t.Error("the list of Services was made again after a slice changed")
+	}
+}
+
+// Decoding an object with its metadata cut down (withTrimmedMeta), then
+// transforming it, gives what decoding it whole and transforming it gives:
+// random objects with every field set, labels and annotations included.
+func TestTrimmedMetaDecodesToTheTransformed(t *testing.T) {
+	s := &InformerSource{}
+	for seed := range int64(100) {
+		in, _ := randomInputs(seed)
+		for _, svc := range in.Services {
+			whole, cut := &corev1.Service{}, &corev1.Service{}
+			sameDecoded(t, svc, serviceMeta, whole, cut)
+			a, _ := s.transformService(whole)
+			b, _ := s.transformService(cut)
+			if !reflect.DeepEqual(a, b) {
+				t.Fatalf("seed %d: service %s:\n%+v\nwant\n%+v", seed, svc.Name, b, a)
+			}
+		}
+		for _, sl := range in.EndpointSlices {
+			whole, cut := &discoveryv1.EndpointSlice{}, &discoveryv1.EndpointSlice{}
+			sameDecoded(t, sl, sliceMeta, whole, cut)
+			a, _ := s.transformEndpointSlice(whole)
+			b, _ := s.transformEndpointSlice(cut)
+			if !reflect.DeepEqual(a, b) {
+				t.Fatalf("seed %d: slice %s:\n%+v\nwant\n%+v", seed, sl.Name, b, a)
+			}
+		}
+	}
+}
+
+type marshaler interface {
+	Marshal() ([]byte, error)
+	Unmarshal([]byte) error
+}
+
+// sameDecoded decodes obj's encoding into whole, and with its metadata cut
+// down to keep into cut.
+func sameDecoded(t *testing.T, obj marshaler, keep metaKeep, whole, cut marshaler) {
+	t.Helper()
+	data, err := obj.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	trimmed, err := withTrimmedMeta(nil, data, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(trimmed) >= len(data) {
+		t.Errorf("nothing cut from %d bytes", len(data))
+	}
+	if err := whole.Unmarshal(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := cut.Unmarshal(trimmed); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -61,7 +61,7 @@ func transform[T, L any](obj any, trim func(*T), unwrap func(L) *T) (any, error)
 
 // trimService keeps, and shares, what svcproxy reads of a Service.
 func (s *InformerSource) trimService(svc *corev1.Service) {
-	trimMeta(&svc.ObjectMeta, []string{proxy.LabelServiceProxyName, proxy.LabelHeadless}, nil)
+	serviceMeta.trim(&svc.ObjectMeta)
 	svc.Namespace = s.strings.value(svc.Namespace)
 	sp := &svc.Spec
 	// Enumerations: one copy of each value instead of one per Service.
@@ -101,10 +101,7 @@ func (s *InformerSource) trimService(svc *corev1.Service) {
 
 // trimEndpointSlice keeps, and shares, what svcproxy reads of a slice.
 func (s *InformerSource) trimEndpointSlice(sl *discoveryv1.EndpointSlice) {
-	trimMeta(&sl.ObjectMeta, []string{discoveryv1.LabelServiceName, proxy.LabelServiceProxyName, proxy.LabelHeadless},
-		[]string{corev1.EndpointsLastChangeTriggerTime})
-	// Events name the Service, never a slice: a slice's UID is not read.
-	sl.UID = ""
+	sliceMeta.trim(&sl.ObjectMeta)
 	sl.Namespace = s.strings.value(sl.Namespace)
 	for i := range sl.Ports {
 		p := &sl.Ports[i]
@@ -173,17 +170,34 @@ func packAddresses(eps []discoveryv1.Endpoint) {
 	}
 }
 
-// trimMeta keeps what identifies the object (for the caches, the model's
-// ordering and Events) and the listed labels and annotations.
-func trimMeta(m *metav1.ObjectMeta, labels, annotations []string) {
+// metaKeep is what the caches keep of an object's metadata: what
+// identifies it (for the caches, the model's ordering and Events), its UID
+// if uid, and the labels and annotations under the keys given.
+type metaKeep struct {
+	uid                 bool
+	labels, annotations []string
+}
+
+var (
+	serviceMeta = metaKeep{uid: true, labels: []string{proxy.LabelServiceProxyName, proxy.LabelHeadless}}
+	// Events name the Service, never a slice: a slice's UID is not read.
+	sliceMeta = metaKeep{labels: []string{discoveryv1.LabelServiceName, proxy.LabelServiceProxyName, proxy.LabelHeadless},
+		annotations: []string{corev1.EndpointsLastChangeTriggerTime}}
+)
+
+func (k metaKeep) trim(m *metav1.ObjectMeta) {
+	uid := m.UID
+	if !k.uid {
+		uid = ""
+	}
 	*m = metav1.ObjectMeta{
 		Name:              m.Name,
 		Namespace:         m.Namespace,
-		UID:               m.UID,
+		UID:               uid,
 		ResourceVersion:   m.ResourceVersion,
 		CreationTimestamp: m.CreationTimestamp,
-		Labels:            only(m.Labels, labels),
-		Annotations:       only(m.Annotations, annotations),
+		Labels:            only(m.Labels, k.labels),
+		Annotations:       only(m.Annotations, k.annotations),
 	}
 }
 
