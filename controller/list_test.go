@@ -280,22 +280,10 @@ func TestTrimmedMetaDecodesToTheTransformed(t *testing.T) {
 	for seed := range int64(100) {
 		in, _ := randomInputs(seed)
 		for _, svc := range in.Services {
-			whole, cut := &corev1.Service{}, &corev1.Service{}
-			sameDecoded(t, svc, serviceMeta, whole, cut)
-			a, _ := s.transformService(whole)
-			b, _ := s.transformService(cut)
-			if !reflect.DeepEqual(a, b) {
-				t.Fatalf("seed %d: service %s:\n%+v\nwant\n%+v", seed, svc.Name, b, a)
-			}
+			sameTransformed(t, svc, serviceMeta, s.transformService)
 		}
 		for _, sl := range in.EndpointSlices {
-			whole, cut := &discoveryv1.EndpointSlice{}, &discoveryv1.EndpointSlice{}
-			sameDecoded(t, sl, sliceMeta, whole, cut)
-			a, _ := s.transformEndpointSlice(whole)
-			b, _ := s.transformEndpointSlice(cut)
-			if !reflect.DeepEqual(a, b) {
-				t.Fatalf("seed %d: slice %s:\n%+v\nwant\n%+v", seed, sl.Name, b, a)
-			}
+			sameTransformed(t, sl, sliceMeta, s.transformEndpointSlice)
 		}
 	}
 }
@@ -305,9 +293,13 @@ type marshaler interface {
 	Unmarshal([]byte) error
 }
 
-// sameDecoded decodes obj's encoding into whole, and with its metadata cut
-// down to keep into cut.
-func sameDecoded(t *testing.T, obj marshaler, keep metaKeep, whole, cut marshaler) {
+// sameTransformed fails unless obj's encoding, decoded with its metadata
+// cut down to keep and transformed, equals it decoded whole and
+// transformed.
+func sameTransformed[T any, P interface {
+	*T
+	marshaler
+}](t *testing.T, obj P, keep metaKeep, transform func(any) (any, error)) {
 	t.Helper()
 	data, err := obj.Marshal()
 	if err != nil {
@@ -320,10 +312,16 @@ func sameDecoded(t *testing.T, obj marshaler, keep metaKeep, whole, cut marshale
 	if len(trimmed) >= len(data) {
 		t.Errorf("nothing cut from %d bytes", len(data))
 	}
+	whole, cut := P(new(T)), P(new(T))
 	if err := whole.Unmarshal(data); err != nil {
 		t.Fatal(err)
 	}
 	if err := cut.Unmarshal(trimmed); err != nil {
 		t.Fatal(err)
+	}
+	want, _ := transform(whole)
+	got, _ := transform(cut)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%T decoded from its cut-down metadata:\n%+v\nwant\n%+v", obj, got, want)
 	}
 }
