@@ -285,7 +285,9 @@ func syncedSource(b testing.TB, c kubernetes.Interface) (s *InformerSource, stop
 // (peak-MiB; the daemon's VmHWM but for its binary), and after the start
 // and the release that follows it the live heap (live-MiB), the free room
 // in the spans that hold it (frag-MiB: resident too, Go does not compact),
-// and what the runtime holds (held-MiB). Root only (a network namespace).
+// and what the runtime holds (held-MiB); and the first sync's duration
+// (sync-s: from the caches' first complete view to the sync's end). Root
+// only (a network namespace).
 //
 //	go test ./controller -run '^$' -bench ColdStart -benchtime 1x
 func BenchmarkColdStart(b *testing.B) {
@@ -314,7 +316,8 @@ func coldStart(b *testing.B, c kubernetes.Interface) {
 	debug.FreeOSMemory()
 	live0, unused0, held0 := read()
 	synced := make(chan struct{}, 1)
-	ctl := &Controller{Source: NewInformerSource(c, "node-0", 0), Backend: nft.New(nft.WithNetNS(ns.FD())),
+	src := &timedSource{InformerSource: NewInformerSource(c, "node-0", 0)}
+	ctl := &Controller{Source: src, Backend: nft.New(nft.WithNetNS(ns.FD())),
 		Config: scale.Config(), SyncPeriod: time.Hour, Memory: &MemoryHeadroom{Fraction: 0.25, Min: 32 << 20},
 		Hooks: Hooks{Synced: func(*proxy.State, proxy.Inputs) { synced <- struct{}{} }}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -330,13 +333,27 @@ func coldStart(b *testing.B, c kubernetes.Interface) {
 		_, _, held := read()
 		peak = max(peak, held)
 	}
+	first := time.Since(src.synced)
 	debug.FreeOSMemory() // as the daemon's release after the sync does
 	live, unused, held := read()
 	mib := func(a, b uint64) float64 { return (float64(a) - float64(b)) / (1 << 20) }
+	b.ReportMetric(first.Seconds(), "sync-s")
 	b.ReportMetric(mib(peak, held0), "peak-MiB")
 	b.ReportMetric(mib(live, live0), "live-MiB")
 	b.ReportMetric(mib(unused, unused0), "frag-MiB")
 	b.ReportMetric(mib(held, held0), "held-MiB")
 	runtime.KeepAlive(ctl)
 	debug.SetMemoryLimit(math.MaxInt64)
+}
+
+// timedSource notes when its caches hold a first complete view.
+type timedSource struct {
+	*InformerSource
+	synced time.Time
+}
+
+func (t *timedSource) WaitForSync(ctx context.Context) bool {
+	ok := t.InformerSource.WaitForSync(ctx)
+	t.synced = time.Now()
+	return ok
 }
