@@ -30,7 +30,8 @@ type Source interface {
 	// ctx ends (false). Until then nothing is programmed: programming a
 	// partial view would delete rules that are still wanted.
 	WaitForSync(ctx context.Context) bool
-	// Inputs returns the current objects. The objects are shared, read-only.
+	// Inputs returns the current objects. The objects, and the lists, are
+	// shared, read-only.
 	Inputs() proxy.Inputs
 }
 

@@ -16,10 +16,13 @@ import (
 // operating system only slowly: a node with a 100 MiB live heap sees
 // ~300 MiB of RSS after a few minutes of churn. After each sync, Set puts
 // a soft memory limit (debug.SetMemoryLimit) at what the runtime holds
-// beyond its heap, plus the live heap as of the last collection, plus
-// Fraction of it (at least Min): the collector then runs earlier when the
-// heap approaches that, and the RSS follows the live heap. GOGC still
-// applies below the limit.
+// beyond its heap, plus the live heap as of the last collection, plus the
+// heap's fragmentation (the free room in spans that hold live objects:
+// resident whatever the limit, and counted as used by the runtime, which
+// took it out of the headroom when it was not in the base), plus Fraction
+// of the live heap (at least Min): the collector then runs when the heap
+// has grown by about that much, and the RSS follows the live heap. GOGC
+// still applies below the limit.
 //
 // Lift removes the limit for the duration of a full sync, whose working
 // set is a multiple of the live heap (it builds and sends the whole rule
@@ -31,7 +34,7 @@ import (
 // next sync, which is at most a --min-sync-period away. A user's GOMEMLIMIT
 // or GOGC takes precedence: the daemon does not use MemoryHeadroom then.
 type MemoryHeadroom struct {
-	Fraction float64 // of the live heap; e.g. 0.5
+	Fraction float64 // of the live heap; e.g. 0.25
 	Min      uint64  // bytes
 }
 
@@ -57,14 +60,14 @@ func (h *MemoryHeadroom) Limit() uint64 {
 		}
 		return s[i].Value.Uint64()
 	}
-	live, total := v(0), v(1)
+	live, total, unused := v(0), v(1), v(3)
 	heap := v(2) + v(3) + v(4) + v(5)
 	var overhead uint64 // stacks, runtime metadata, profiling buckets …
 	if total > heap {
 		overhead = total - heap
 	}
 	extra := max(uint64(float64(live)*h.Fraction), h.Min)
-	return overhead + live + extra
+	return overhead + live + unused + extra
 }
 
 // Set puts the soft memory limit at Limit().

@@ -52,6 +52,31 @@ func TestMemoryHeadroomFollowsTheLiveHeap(t *testing.T) {
 	}
 }
 
+// Fragmentation, the free room in spans that also hold live objects, is
+// resident whatever the limit: it is part of the limit's base, not taken
+// out of the headroom (the runtime counts it as used).
+func TestMemoryHeadroomCountsFragmentation(t *testing.T) {
+	keepLimit(t)
+	h := &MemoryHeadroom{} // no headroom: the limit is what the process holds
+	runtime.GC()
+	before := h.Limit()
+	// 64 MiB of 64-byte objects, then every other one dropped: 32 MiB
+	// live and 32 MiB of holes (and 8 MiB of pointers).
+	objs := make([]*[64]byte, 1<<20)
+	for i := range objs {
+		objs[i] = new([64]byte)
+	}
+	for i := 0; i < len(objs); i += 2 {
+		objs[i] = nil
+	}
+	runtime.GC()
+	grew := int64(h.Limit()) - int64(before)
+	runtime.KeepAlive(objs)
+	if grew < 64<<20 {
+		t.Errorf("limit grew by %d MiB with 40 MiB more live heap and 32 MiB of holes, want ~72", grew>>20)
+	}
+}
+
 // limitBackend records the soft memory limit in force during each sync.
 type limitBackend struct {
 	recordingBackend

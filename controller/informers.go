@@ -52,7 +52,10 @@ type InformerSource struct {
 
 	strings interner // shared by the transforms
 
-	stores    [3]cache.Store // services, slices, nodes
+	stores    [3]cache.Store   // services, slices, nodes
+	changes   [3]atomic.Uint64 // changes the handlers saw, per store
+	listMu    sync.Mutex
+	lists     [3]cachedList // Inputs' last lists, per store
 	services  corelisters.ServiceLister
 	slices    discoverylisters.EndpointSliceLister
 	nodes     corelisters.NodeLister
@@ -193,8 +196,12 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 		})
 	}
 	core, disc := s.client.CoreV1(), s.client.DiscoveryV1()
-	svc := newInformer(s.listWatch("service", proxied, listOf(core.Services("").List), core.Services("").Watch), &corev1.Service{})
-	sl := newInformer(s.listWatch("endpointslice", proxied, listOf(disc.EndpointSlices("").List), disc.EndpointSlices("").Watch), &discoveryv1.EndpointSlice{})
+	listServices := streamedList(core.RESTClient(), "services", "ServiceList", serviceMeta, s.trimService,
+		func(o *corev1.Service) runtime.Object { return listedService{o} }, listOf(core.Services("").List))
+	listSlices := streamedList(disc.RESTClient(), "endpointslices", "EndpointSliceList", sliceMeta, s.trimEndpointSlice,
+		func(o *discoveryv1.EndpointSlice) runtime.Object { return listedSlice{o} }, listOf(disc.EndpointSlices("").List))
+	svc := newInformer(s.listWatch("service", proxied, listServices, core.Services("").Watch), &corev1.Service{})
+	sl := newInformer(s.listWatch("endpointslice", proxied, listSlices, disc.EndpointSlices("").Watch), &discoveryv1.EndpointSlice{})
 	node := newInformer(s.listWatch("node", thisNode, listOf(core.Nodes().List), core.Nodes().Watch), &corev1.Node{})
 	if err := svc.SetTransform(s.transformService); err != nil {
 		return err
@@ -202,13 +209,13 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 	if err := sl.SetTransform(s.transformEndpointSlice); err != nil {
 		return err
 	}
-	for _, x := range []struct {
+	for i, x := range []struct {
 		inf  cache.SharedIndexInformer
 		kind string
 	}{{svc, "service"}, {sl, "endpointslice"}, {node, "node"}} {
-		kind := x.kind
+		kind, changed := x.kind, &s.changes[i]
 		if _, err := x.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(obj any) { s.trigger(obj); notify(kind) },
+			AddFunc: func(obj any) { s.trigger(obj); changed.Add(1); notify(kind) },
 			UpdateFunc: func(old, cur any) {
 				if o, ok := old.(metav1.Object); ok {
 					if c, ok := cur.(metav1.Object); ok && o.GetResourceVersion() == c.GetResourceVersion() {
@@ -216,9 +223,10 @@ func (s *InformerSource) Start(ctx context.Context, notify func(string)) error {
 					}
 				}
 				s.trigger(cur)
+				changed.Add(1)
 				notify(kind)
 			},
-			DeleteFunc: func(any) { notify(kind) },
+			DeleteFunc: func(any) { changed.Add(1); notify(kind) },
 		}); err != nil {
 			return err
 		}
@@ -292,13 +300,37 @@ func (s *InformerSource) WaitForSync(ctx context.Context) bool {
 
 // Inputs implements Source. It runs at every sync: each list is made in
 // one pass, at its exact length (the listers' List appends to a growing
-// slice, which was then copied).
+// slice, which was then copied), and only when its store changed since the
+// last call (most changes are to EndpointSlices; at 50k Services a list of
+// them is 1.2 MB of garbage). The lists are shared: read-only.
 func (s *InformerSource) Inputs() proxy.Inputs {
+	s.listMu.Lock()
+	defer s.listMu.Unlock()
 	return proxy.Inputs{
-		Services:       listAll[*corev1.Service](s.stores[0]),
-		EndpointSlices: listAll[*discoveryv1.EndpointSlice](s.stores[1]),
-		Nodes:          listAll[*corev1.Node](s.stores[2]),
+		Services:       listOnChange[*corev1.Service](s, 0),
+		EndpointSlices: listOnChange[*discoveryv1.EndpointSlice](s, 1),
+		Nodes:          listOnChange[*corev1.Node](s, 2),
 	}
+}
+
+type cachedList struct {
+	changes uint64 // the store's as the list was made
+	list    any    // []T; nil before the first list
+}
+
+// listOnChange is store i's objects: the list Inputs made last if the
+// handlers have seen no change since, else a new one. A store changes
+// before its handler counts the change and kicks a sync, so a list made
+// between the two is made again at that sync.
+func listOnChange[T any](s *InformerSource, i int) []T {
+	c := &s.lists[i]
+	n := s.changes[i].Load()
+	if c.list != nil && c.changes == n {
+		return c.list.([]T)
+	}
+	l := listAll[T](s.stores[i])
+	*c = cachedList{changes: n, list: l}
+	return l
 }
 
 func listAll[T any](store cache.Store) []T {

@@ -27,13 +27,41 @@ import (
 // written through. TestTransformsKeepTheModel builds with and without
 // them.
 
+// listedService and listedSlice wrap the objects an initial list (or a
+// relist) transformed as it decoded them (streamedList): the informer's
+// transform, which sees every object before it is stored, only unwraps
+// them. As metav1.Objects they give the informer their keys.
+type (
+	listedService struct{ *corev1.Service }
+	listedSlice   struct{ *discoveryv1.EndpointSlice }
+)
+
 // transformService is the Service informer's transform.
 func (s *InformerSource) transformService(obj any) (any, error) {
-	svc, ok := obj.(*corev1.Service)
-	if !ok {
-		return obj, nil
+	return transform(obj, s.trimService, func(l listedService) *corev1.Service { return l.Service })
+}
+
+// transformEndpointSlice is the EndpointSlice informer's transform.
+func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
+	return transform(obj, s.trimEndpointSlice, func(l listedSlice) *discoveryv1.EndpointSlice { return l.EndpointSlice })
+}
+
+// transform trims obj if it is a *T, unwraps it if a list trimmed it
+// already (L), and leaves anything else as it is.
+func transform[T, L any](obj any, trim func(*T), unwrap func(L) *T) (any, error) {
+	switch o := obj.(type) {
+	case L:
+		return unwrap(o), nil
+	case *T:
+		trim(o)
+		return o, nil
 	}
-	trimMeta(&svc.ObjectMeta, []string{proxy.LabelServiceProxyName, proxy.LabelHeadless}, nil)
+	return obj, nil
+}
+
+// trimService keeps, and shares, what svcproxy reads of a Service.
+func (s *InformerSource) trimService(svc *corev1.Service) {
+	serviceMeta.trim(&svc.ObjectMeta)
 	svc.Namespace = s.strings.value(svc.Namespace)
 	sp := &svc.Spec
 	// Enumerations: one copy of each value instead of one per Service.
@@ -69,19 +97,11 @@ func (s *InformerSource) transformService(obj any) (any, error) {
 			}
 		}
 	}
-	return svc, nil
 }
 
-// transformEndpointSlice is the EndpointSlice informer's transform.
-func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
-	sl, ok := obj.(*discoveryv1.EndpointSlice)
-	if !ok {
-		return obj, nil
-	}
-	trimMeta(&sl.ObjectMeta, []string{discoveryv1.LabelServiceName, proxy.LabelServiceProxyName, proxy.LabelHeadless},
-		[]string{corev1.EndpointsLastChangeTriggerTime})
-	// Events name the Service, never a slice: a slice's UID is not read.
-	sl.UID = ""
+// trimEndpointSlice keeps, and shares, what svcproxy reads of a slice.
+func (s *InformerSource) trimEndpointSlice(sl *discoveryv1.EndpointSlice) {
+	sliceMeta.trim(&sl.ObjectMeta)
 	sl.Namespace = s.strings.value(sl.Namespace)
 	for i := range sl.Ports {
 		p := &sl.Ports[i]
@@ -112,7 +132,6 @@ func (s *InformerSource) transformEndpointSlice(obj any) (any, error) {
 			}
 		}
 	}
-	return sl, nil
 }
 
 // packAddresses keeps each endpoint's first address, the only one read
@@ -151,22 +170,61 @@ func packAddresses(eps []discoveryv1.Endpoint) {
 	}
 }
 
-// trimMeta keeps what identifies the object (for the caches, the model's
-// ordering and Events) and the listed labels and annotations.
-func trimMeta(m *metav1.ObjectMeta, labels, annotations []string) {
+// metaKeep is what the caches keep of an object's metadata: what
+// identifies it (for the caches, the model's ordering and Events), its UID
+// if uid, and the labels and annotations under the keys given.
+type metaKeep struct {
+	uid                 bool
+	labels, annotations []string
+}
+
+var (
+	serviceMeta = metaKeep{uid: true, labels: []string{proxy.LabelServiceProxyName, proxy.LabelHeadless}}
+	// Events name the Service, never a slice: a slice's UID is not read.
+	sliceMeta = metaKeep{labels: []string{discoveryv1.LabelServiceName, proxy.LabelServiceProxyName, proxy.LabelHeadless},
+		annotations: []string{corev1.EndpointsLastChangeTriggerTime}}
+)
+
+func (k metaKeep) trim(m *metav1.ObjectMeta) {
+	uid := m.UID
+	if !k.uid {
+		uid = ""
+	}
 	*m = metav1.ObjectMeta{
 		Name:              m.Name,
 		Namespace:         m.Namespace,
-		UID:               m.UID,
+		UID:               uid,
 		ResourceVersion:   m.ResourceVersion,
 		CreationTimestamp: m.CreationTimestamp,
-		Labels:            only(m.Labels, labels),
-		Annotations:       only(m.Annotations, annotations),
+		Labels:            only(m.Labels, k.labels),
+		Annotations:       only(m.Annotations, k.annotations),
 	}
 }
 
-// only returns the entries of m under keys, or nil if there are none.
+// only returns the entries of m under keys, or nil if there are none. A
+// map of up to 8 entries (one group: the least a Go map takes) is trimmed
+// in place: a copy was as large, and the decoded map became garbage among
+// the objects the caches keep. keys must be constants: the map keeps them.
 func only(m map[string]string, keys []string) map[string]string {
+	kept := 0
+	for _, k := range keys {
+		if _, ok := m[k]; ok {
+			kept++
+		}
+	}
+	switch {
+	case kept == 0:
+		return nil
+	case len(m) <= 8:
+		for k, v := range m {
+			if i := slices.Index(keys, k); i >= 0 {
+				m[keys[i]] = v // stores our key: the decoded copy is dropped
+			} else {
+				delete(m, k)
+			}
+		}
+		return m
+	}
 	var out map[string]string
 	for _, k := range keys {
 		if v, ok := m[k]; ok {

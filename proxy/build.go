@@ -99,6 +99,8 @@ type builder struct {
 	problems problems
 	labels   map[string]string
 	nodeIPs  []netip.Addr
+
+	portEndpoints map[endpointPortKey][]candidate // endpoints' result, reused
 }
 
 func familyOf(a netip.Addr) Family {
@@ -237,7 +239,7 @@ func (b *builder) service(svc *corev1.Service, slices []*discoveryv1.EndpointSli
 	var out []*ServicePort
 	for _, clusterIP := range clusterIPs {
 		f := familyOf(clusterIP)
-		fs := spec.family[f]
+		fs := &spec.family[famIndex(f)]
 		for _, p := range spec.ports {
 			sp := &ServicePort{
 				Key:                 Key{Namespace: svc.Namespace, Name: svc.Name, Protocol: p.protocol, Port: p.name},
@@ -291,27 +293,29 @@ func (b *builder) clusterIPs(svc *corev1.Service, op objectProblems) []netip.Add
 		return nil
 	}
 	var out []netip.Addr
-	seen := map[Family]bool{}
+	var seen [2]bool // by famIndex
 	for i, s := range raw {
-		f := field
-		if field == "spec.clusterIPs" {
-			f = fmt.Sprintf("%s[%d]", field, i)
+		f := func() string { // only for a problem
+			if field == "spec.clusterIPs" {
+				return fmt.Sprintf("%s[%d]", field, i)
+			}
+			return field
 		}
 		ip, err := netip.ParseAddr(s)
 		if err != nil || ip.Zone() != "" {
-			op.add(f, "invalid IP %q: skipped", s)
+			op.add(f(), "invalid IP %q: skipped", s)
 			continue
 		}
 		ip = ip.Unmap()
 		if ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() {
-			op.add(f, "%s cannot be a ClusterIP: skipped", ip)
+			op.add(f(), "%s cannot be a ClusterIP: skipped", ip)
 			continue
 		}
-		if seen[familyOf(ip)] {
-			op.add(f, "second %s ClusterIP %s: skipped", familyOf(ip), ip)
+		if seen[famIndex(familyOf(ip))] {
+			op.add(f(), "second %s ClusterIP %s: skipped", familyOf(ip), ip)
 			continue
 		}
-		seen[familyOf(ip)] = true
+		seen[famIndex(familyOf(ip))] = true
 		out = append(out, ip)
 	}
 	return out
@@ -334,7 +338,7 @@ type familySpec struct {
 // status that every port shares.
 type serviceSpec struct {
 	ports               []portSpec
-	family              map[Family]*familySpec
+	family              [2]familySpec // IPv4, IPv6 (famIndex)
 	internalLocal       bool
 	externalLocal       bool
 	healthCheckNodePort uint16
@@ -342,34 +346,40 @@ type serviceSpec struct {
 }
 
 func (b *builder) serviceSpec(svc *corev1.Service, op objectProblems) *serviceSpec {
-	s := &serviceSpec{family: map[Family]*familySpec{IPv4: {}, IPv6: {}}}
-
-	seen := map[[2]string]bool{}
+	s := &serviceSpec{}
+	// Less garbage per Service: a map of the names seen only for several
+	// ports, field names only for a problem.
+	var seen map[[2]string]bool
+	if len(svc.Spec.Ports) > 1 {
+		seen = map[[2]string]bool{}
+	}
 	for i, p := range svc.Spec.Ports {
-		field := fmt.Sprintf("spec.ports[%d]", i)
+		field := func() string { return fmt.Sprintf("spec.ports[%d]", i) }
 		proto := Protocol(p.Protocol)
 		switch proto {
 		case "":
 			proto = TCP // the API's default
 		case TCP, UDP, SCTP:
 		default:
-			op.add(field+".protocol", "unknown protocol %q: port skipped", p.Protocol)
+			op.add(field()+".protocol", "unknown protocol %q: port skipped", p.Protocol)
 			continue
 		}
 		if p.Port < 1 || p.Port > 65535 {
-			op.add(field+".port", "%d is out of range 1-65535: port skipped", p.Port)
+			op.add(field()+".port", "%d is out of range 1-65535: port skipped", p.Port)
 			continue
 		}
 		if p.NodePort < 0 || p.NodePort > 65535 {
-			op.add(field+".nodePort", "%d is out of range 1-65535: port skipped", p.NodePort)
+			op.add(field()+".nodePort", "%d is out of range 1-65535: port skipped", p.NodePort)
 			continue
 		}
 		k := [2]string{p.Name, string(proto)}
 		if seen[k] {
-			op.add(field+".name", "port name %q is used twice for %s: port skipped", p.Name, proto)
+			op.add(field()+".name", "port name %q is used twice for %s: port skipped", p.Name, proto)
 			continue
 		}
-		seen[k] = true
+		if seen != nil {
+			seen[k] = true
+		}
 		s.ports = append(s.ports, portSpec{name: p.Name, protocol: proto, port: uint16(p.Port), nodePort: uint16(p.NodePort)})
 	}
 	if len(s.ports) == 0 && len(svc.Spec.Ports) == 0 {
@@ -382,7 +392,7 @@ func (b *builder) serviceSpec(svc *corev1.Service, op objectProblems) *serviceSp
 			op.add(fmt.Sprintf("spec.externalIPs[%d]", i), "invalid IP %q: skipped", str)
 			continue
 		}
-		fs := s.family[familyOf(ip.Unmap())]
+		fs := &s.family[famIndex(familyOf(ip.Unmap()))]
 		fs.externalIPs = append(fs.externalIPs, ip.Unmap())
 	}
 	for i, ing := range svc.Status.LoadBalancer.Ingress {
@@ -397,7 +407,7 @@ func (b *builder) serviceSpec(svc *corev1.Service, op objectProblems) *serviceSp
 			op.add(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), "invalid IP %q: skipped", ing.IP)
 			continue
 		}
-		fs := s.family[familyOf(ip.Unmap())]
+		fs := &s.family[famIndex(familyOf(ip.Unmap()))]
 		fs.lbIPs = append(fs.lbIPs, ip.Unmap())
 	}
 	for i, str := range svc.Spec.LoadBalancerSourceRanges {
@@ -407,10 +417,11 @@ func (b *builder) serviceSpec(svc *corev1.Service, op objectProblems) *serviceSp
 			continue
 		}
 		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
-		fs := s.family[familyOf(p.Addr())]
+		fs := &s.family[famIndex(familyOf(p.Addr()))]
 		fs.sourceRanges = append(fs.sourceRanges, p)
 	}
-	for _, fs := range s.family {
+	for i := range s.family {
+		fs := &s.family[i]
 		fs.externalIPs = sortedUniqueAddrs(fs.externalIPs)
 		fs.lbIPs = sortedUniqueAddrs(fs.lbIPs)
 		fs.sourceRanges = sortedUniquePrefixes(fs.sourceRanges)

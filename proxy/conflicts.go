@@ -7,11 +7,29 @@ import (
 )
 
 // destination is one address:port a packet can be sent to, or a NodePort
-// (invalid address).
+// (invalid address). 32 bytes: a Builder keeps one per destination.
 type destination struct {
 	addr     netip.Addr
-	protocol Protocol
 	port     uint16
+	protocol uint8 // protocolCode
+}
+
+func dest(addr netip.Addr, p Protocol, port uint16) destination {
+	return destination{addr, port, protocolCode(p)}
+}
+
+// protocolCode numbers the protocols a ServicePort can have (Build skips
+// ports with any other).
+func protocolCode(p Protocol) uint8 {
+	switch p {
+	case TCP:
+		return 1
+	case UDP:
+		return 2
+	case SCTP:
+		return 3
+	}
+	return 0
 }
 
 // resolveConflicts makes every destination belong to one service port:
@@ -44,20 +62,20 @@ func resolveConflicts(fs *FamilyState, ps *problems) {
 	// that loses a destination is replaced by a changed copy.
 	replaced := map[*ServicePort]*ServicePort{}
 	for _, sp := range order {
-		if !claim(sp, destination{sp.ClusterIP, sp.Key.Protocol, sp.Port}, "ClusterIP %s", netip.AddrPortFrom(sp.ClusterIP, sp.Port)) {
+		if !claim(sp, dest(sp.ClusterIP, sp.Key.Protocol, sp.Port), "ClusterIP %s", netip.AddrPortFrom(sp.ClusterIP, sp.Port)) {
 			dropped[sp] = true
 			continue
 		}
 		nodePort := sp.NodePort
 		changed := false
-		if sp.NodePort != 0 && !claim(sp, destination{netip.Addr{}, sp.Key.Protocol, sp.NodePort}, "NodePort %s", fmt.Sprint(sp.NodePort, "/", sp.Key.Protocol.Lower())) {
+		if sp.NodePort != 0 && !claim(sp, dest(netip.Addr{}, sp.Key.Protocol, sp.NodePort), "NodePort %s", fmt.Sprint(sp.NodePort, "/", sp.Key.Protocol.Lower())) {
 			nodePort = 0
 			changed = true
 		}
 		filter := func(ips []netip.Addr, what string) []netip.Addr {
 			var out []netip.Addr
 			for _, ip := range ips {
-				if claim(sp, destination{ip, sp.Key.Protocol, sp.Port}, what+" %s", netip.AddrPortFrom(ip, sp.Port)) {
+				if claim(sp, dest(ip, sp.Key.Protocol, sp.Port), what+" %s", netip.AddrPortFrom(ip, sp.Port)) {
 					out = append(out, ip)
 				} else {
 					changed = true

@@ -2,25 +2,42 @@ package proxy
 
 import (
 	"encoding/binary"
-	"hash"
-	"hash/fnv"
 	"net/netip"
 )
 
 // hasher writes fields in a fixed order, each length-prefixed or fixed
-// size, so that different contents never encode to the same bytes.
-type hasher struct {
-	h   hash.Hash64
-	buf [8]byte
-}
+// size, so that different contents never encode to the same bytes. It is
+// FNV-1a (64 bits) computed in place: through hash/fnv's interface every
+// string written and every address marshalled was an allocation, three
+// per endpoint of a build.
+type hasher struct{ sum uint64 }
 
-func newHasher() *hasher { return &hasher{h: fnv.New64a()} }
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+)
+
+func newHasher() hasher { return hasher{sum: fnvOffset64} }
+
+func (h *hasher) bytes(b []byte) {
+	for _, c := range b {
+		h.sum = (h.sum ^ uint64(c)) * fnvPrime64
+	}
+}
 
 func (h *hasher) u64(v uint64) {
-	binary.LittleEndian.PutUint64(h.buf[:], v)
-	h.h.Write(h.buf[:])
+	var buf [8]byte
+	binary.LittleEndian.PutUint64(buf[:], v)
+	h.bytes(buf[:])
 }
-func (h *hasher) str(s string) { h.u64(uint64(len(s))); h.h.Write([]byte(s)) }
+
+func (h *hasher) str(s string) {
+	h.u64(uint64(len(s)))
+	for i := 0; i < len(s); i++ {
+		h.sum = (h.sum ^ uint64(s[i])) * fnvPrime64
+	}
+}
+
 func (h *hasher) boolean(b bool) {
 	if b {
 		h.u64(1)
@@ -28,7 +45,12 @@ func (h *hasher) boolean(b bool) {
 		h.u64(0)
 	}
 }
-func (h *hasher) addr(a netip.Addr) { b, _ := a.MarshalBinary(); h.str(string(b)) }
+func (h *hasher) addr(a netip.Addr) {
+	var buf [16]byte
+	b, _ := a.AppendBinary(buf[:0]) // as MarshalBinary
+	h.u64(uint64(len(b)))
+	h.bytes(b)
+}
 func (h *hasher) addrs(as []netip.Addr) {
 	h.u64(uint64(len(as)))
 	for _, a := range as {
@@ -58,7 +80,10 @@ func (h *hasher) endpoints(es []Endpoint) {
 // servicePortHash covers every field of sp but Hash itself.
 func servicePortHash(sp *ServicePort) uint64 {
 	h := newHasher()
-	h.str(sp.Key.String())
+	h.str(sp.Key.Namespace)
+	h.str(sp.Key.Name)
+	h.str(string(sp.Key.Protocol))
+	h.str(sp.Key.Port)
 	h.addr(sp.ClusterIP)
 	h.u64(uint64(sp.Port))
 	h.u64(uint64(sp.NodePort))
@@ -73,7 +98,7 @@ func servicePortHash(sp *ServicePort) uint64 {
 	h.endpoints(sp.LocalEndpoints)
 	h.boolean(sp.HasEndpoints)
 	h.str(sp.Topology)
-	return h.h.Sum64()
+	return h.sum
 }
 
 // globalHash covers the per-family settings shared by all services.
@@ -85,7 +110,7 @@ func globalHash(fs *FamilyState) uint64 {
 	h.addr(fs.NodeIP)
 	h.boolean(fs.NodePorts.AllLocal)
 	h.addrs(fs.NodePorts.Addresses)
-	return h.h.Sum64()
+	return h.sum
 }
 
 // FamilyDiff is what changed in one family between two States.
@@ -116,7 +141,7 @@ func (s *State) Diff(prev *State, f Family) FamilyDiff {
 	} else {
 		d.GlobalChanged = true
 	}
-	if s.delta != nil && s.delta.from == prev {
+	if s.delta != nil && prev != nil && prev.id != 0 && s.delta.from == prev.id {
 		// Only these keys can differ (Builder): O(changed).
 		for _, k := range s.delta.keys[famIndex(f)] {
 			o, n := prev.Family(f).Service(k), cur.Service(k)

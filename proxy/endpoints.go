@@ -81,8 +81,18 @@ func sliceGroup(ps *problems, s *discoveryv1.EndpointSlice) string {
 // preferring a copy that is not terminating, as kube-proxy does; among
 // equals the first in slice-name order wins, so the result does not depend
 // on input order.
+//
+// The map returned is the builder's own, valid until the next call.
 func (b *builder) endpoints(svc *corev1.Service, in []*discoveryv1.EndpointSlice) map[endpointPortKey][]candidate {
-	out := map[endpointPortKey][]candidate{}
+	// One map for all Services: a new one per Service was garbage in the
+	// size class of the endpoint lists the State keeps, and left them
+	// scattered over half-empty spans once collected.
+	out := b.portEndpoints
+	if out == nil {
+		out = map[endpointPortKey][]candidate{}
+		b.portEndpoints = out
+	}
+	clear(out)
 	total := 0 // endpoints in all slices: each port's list holds at most that
 	for _, s := range in {
 		total += len(s.Endpoints)

@@ -3,7 +3,6 @@ package proxy
 import (
 	"net/netip"
 	"slices"
-	"strings"
 )
 
 // HealthCheck is a Service that needs a health check server on this node
@@ -20,31 +19,32 @@ type HealthCheck struct {
 // HealthChecks lists the family's health-checked Services, sorted by
 // namespace/name. Ports of one Service share its health check port.
 func (fs *FamilyState) HealthChecks() []HealthCheck {
+	// The daemon calls this at every sync: no map per Service. A Service's
+	// ports are adjacent in Services (sorted by Key), so each count is
+	// taken over one run of ports, its addresses sorted and compacted.
 	var out []HealthCheck
-	addrs := map[[2]string]map[netip.Addr]bool{}
+	var ips []netip.Addr // the current Service's ready local addresses
+	count := func() {
+		if len(out) > 0 {
+			slices.SortFunc(ips, netip.Addr.Compare)
+			out[len(out)-1].LocalEndpoints = len(slices.Compact(ips))
+			ips = ips[:0]
+		}
+	}
 	for _, sp := range fs.Services {
 		if sp.HealthCheckNodePort == 0 {
 			continue
 		}
-		k := [2]string{sp.Key.Namespace, sp.Key.Name}
-		if addrs[k] == nil {
-			addrs[k] = map[netip.Addr]bool{}
-			out = append(out, HealthCheck{Namespace: k[0], Name: k[1], Port: sp.HealthCheckNodePort})
+		if n := len(out); n == 0 || out[n-1].Namespace != sp.Key.Namespace || out[n-1].Name != sp.Key.Name {
+			count()
+			out = append(out, HealthCheck{Namespace: sp.Key.Namespace, Name: sp.Key.Name, Port: sp.HealthCheckNodePort})
 		}
 		for _, e := range sp.LocalEndpoints {
 			if e.Ready {
-				addrs[k][e.IP] = true
+				ips = append(ips, e.IP)
 			}
 		}
 	}
-	for i := range out {
-		out[i].LocalEndpoints = len(addrs[[2]string{out[i].Namespace, out[i].Name}])
-	}
-	slices.SortFunc(out, func(a, b HealthCheck) int {
-		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
+	count()
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -25,10 +26,9 @@ type incremental struct {
 	svcByName   map[string]*corev1.Service // by "namespace/name"
 	sliceByName map[string]*discoveryv1.EndpointSlice
 	// groups holds each Service's slices ("namespace/service"), sorted by
-	// name, as groupSlices gives them; sliceGroup the group of each slice
-	// ("" for none).
-	groups     map[string][]*discoveryv1.EndpointSlice
-	sliceGroup map[*discoveryv1.EndpointSlice]string
+	// name, as groupSlices gives them. (A slice's group is not kept: its
+	// labels say, and it never changes.)
+	groups map[string][]*discoveryv1.EndpointSlice
 	// unlabelled holds the slices without a service-name label (each a
 	// problem), by "namespace/name".
 	unlabelled map[string]*discoveryv1.EndpointSlice
@@ -50,12 +50,18 @@ type incremental struct {
 	problemsChanged bool // by this build, so far
 }
 
-// delta tells Diff which keys may differ between from and the State that
-// carries it; all other ports are the same objects in both.
+// delta tells Diff which keys may differ between the State numbered from
+// and the State that carries it; all other ports are the same objects in
+// both. It names that State rather than pointing to it: a pointer chained
+// every State a Builder ever made, each holding its port lists (0.4 MB at
+// 50k Services), for as long as the daemon ran.
 type delta struct {
-	from *State
+	from uint64   // State.id
 	keys [2][]Key // per family, sorted, unique
 }
+
+// stateIDs numbers the States that Builders make, uniquely in the process.
+var stateIDs atomic.Uint64
 
 func famIndex(f Family) int {
 	if f == IPv6 {
@@ -69,15 +75,15 @@ func svcName(ns, name string) string { return ns + "/" + name }
 // destinations lists every destination sp claims, as resolveConflicts
 // claims them.
 func (sp *ServicePort) destinations(yield func(destination)) {
-	yield(destination{sp.ClusterIP, sp.Key.Protocol, sp.Port})
+	yield(dest(sp.ClusterIP, sp.Key.Protocol, sp.Port))
 	if sp.NodePort != 0 {
-		yield(destination{netip.Addr{}, sp.Key.Protocol, sp.NodePort})
+		yield(dest(netip.Addr{}, sp.Key.Protocol, sp.NodePort))
 	}
 	for _, ip := range sp.ExternalIPs {
-		yield(destination{ip, sp.Key.Protocol, sp.Port})
+		yield(dest(ip, sp.Key.Protocol, sp.Port))
 	}
 	for _, ip := range sp.LoadBalancerIPs {
-		yield(destination{ip, sp.Key.Protocol, sp.Port})
+		yield(dest(ip, sp.Key.Protocol, sp.Port))
 	}
 }
 
@@ -104,7 +110,7 @@ func (m *Builder) reindex(in Inputs, st *State, raw [2][]*ServicePort) {
 		last: st, gen: 1,
 		svcs: map[*corev1.Service]uint64{}, slices: map[*discoveryv1.EndpointSlice]uint64{},
 		svcByName: map[string]*corev1.Service{}, sliceByName: map[string]*discoveryv1.EndpointSlice{},
-		groups: map[string][]*discoveryv1.EndpointSlice{}, sliceGroup: map[*discoveryv1.EndpointSlice]string{},
+		groups:     map[string][]*discoveryv1.EndpointSlice{},
 		unlabelled: map[string]*discoveryv1.EndpointSlice{}, troubled: map[string]*builtService{},
 		raw: raw, externalNames: slices.Clone(st.ExternalNames), claims: map[destination]int{},
 	}
@@ -121,7 +127,7 @@ func (m *Builder) reindex(in Inputs, st *State, raw [2][]*ServicePort) {
 			return // two objects under one name: Build decides, every time
 		}
 		inc.svcs[s], inc.svcByName[k] = 1, s
-		if got := m.built[s]; got != nil && len(got.problems.list) > 0 {
+		if got := m.built[s]; got != nil && got.problems != nil {
 			inc.troubled[k] = got
 		}
 	}
@@ -149,7 +155,6 @@ func (m *Builder) reindex(in Inputs, st *State, raw [2][]*ServicePort) {
 
 func (inc *incremental) addSlice(name string, s *discoveryv1.EndpointSlice) string {
 	g := sliceGroup(nil, s)
-	inc.sliceGroup[s] = g
 	if g == "" {
 		if _, ok := s.Labels[LabelServiceProxyName]; !ok {
 			if _, ok := s.Labels[LabelHeadless]; !ok {
@@ -166,8 +171,7 @@ func (inc *incremental) addSlice(name string, s *discoveryv1.EndpointSlice) stri
 }
 
 func (inc *incremental) removeSlice(name string, s *discoveryv1.EndpointSlice) string {
-	g := inc.sliceGroup[s]
-	delete(inc.sliceGroup, s)
+	g := sliceGroup(nil, s)
 	if inc.unlabelled[name] == s {
 		delete(inc.unlabelled, name)
 		inc.problemsChanged = true
@@ -319,10 +323,10 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 		if got == nil || !slices.Equal(got.slices, sl) {
 			sub := &builder{cfg: b.cfg, labels: b.labels, nodeIPs: b.nodeIPs}
 			ports, ext := sub.service(svc, sl)
-			got = &builtService{slices: slices.Clone(sl), ports: ports, ext: ext, problems: sub.problems}
+			got = newBuiltService(sl, ports, ext, sub.problems)
 			m.built[svc] = got
 		}
-		if len(got.problems.list) > 0 {
+		if got.problems != nil {
 			inc.troubled[k] = got
 			inc.problemsChanged = true
 		}
@@ -353,7 +357,7 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 			sliceGroup(&b.problems, inc.unlabelled[name])
 		}
 		for _, name := range slices.Sorted(maps.Keys(inc.troubled)) {
-			b.problems.merge(&inc.troubled[name].problems)
+			b.problems.merge(inc.troubled[name].problems)
 		}
 	}
 	for i, last := range inc.last.Families() {
@@ -378,7 +382,7 @@ func (m *Builder) incrementalBuild(in Inputs, cfg Config) *State {
 	if !wasContested && inc.contested == 0 {
 		// Without conflicts, the ports of the affected Services are the
 		// only ones that can differ from the last State.
-		d := &delta{from: inc.last}
+		d := &delta{from: inc.last.id}
 		for i := range changed {
 			slices.SortFunc(changed[i], Key.Compare)
 			d.keys[i] = slices.Compact(changed[i])

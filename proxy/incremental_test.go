@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -203,4 +204,34 @@ func replaceSlice(l []*discoveryv1.EndpointSlice, s *discoveryv1.EndpointSlice) 
 		out = append(out, s)
 	}
 	return out
+}
+
+// A Builder's States do not keep the ones before them alive: the daemon
+// builds one per change for as long as it runs.
+func TestBuilderStatesDoNotKeepTheirPredecessors(t *testing.T) {
+	in, cfg := bigInputs(100, 3), proxy.Config{NodeName: "node-0"}
+	var m proxy.Builder
+	first := m.Build(in, cfg)
+	collected := make(chan struct{})
+	runtime.AddCleanup(first, func(ch chan struct{}) { close(ch) }, collected)
+	first = nil
+	var last *proxy.State
+	for i := range 5 {
+		sl := in.EndpointSlices[i].DeepCopy()
+		sl.Endpoints = sl.Endpoints[1:]
+		in.EndpointSlices = replaceSlice(in.EndpointSlices, sl)
+		if last = m.Build(in, cfg); !proxy.HasDelta(last) {
+			t.Fatalf("build %d was not incremental", i)
+		}
+	}
+	for range 50 {
+		runtime.GC()
+		select {
+		case <-collected:
+			runtime.KeepAlive(last)
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Error("the first State is still reachable, five builds later")
 }

@@ -29,23 +29,34 @@ type Builder struct {
 	inc     *incremental
 }
 
-// builtService is what building one Service produced.
+// builtService is what building one Service produced. A Builder keeps one
+// per Service.
 type builtService struct {
 	slices   []*discoveryv1.EndpointSlice
 	ports    []*ServicePort
 	ext      *ExternalName
-	problems problems
+	problems *problems // nil for none, as for most Services
+}
+
+func newBuiltService(sl []*discoveryv1.EndpointSlice, ports []*ServicePort, ext *ExternalName, ps problems) *builtService {
+	got := &builtService{slices: slices.Clone(sl), ports: ports, ext: ext}
+	if len(ps.list) > 0 {
+		got.problems = &ps
+	}
+	return got
 }
 
 // Build returns Build(in, cfg), reusing what it can from the last call.
 func (m *Builder) Build(in Inputs, cfg Config) *State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if st := m.incrementalBuild(in, cfg); st != nil {
-		return st
+	st := m.incrementalBuild(in, cfg)
+	if st == nil {
+		var raw [2][]*ServicePort
+		st, raw = build(in, cfg, m)
+		m.reindex(in, st, raw)
 	}
-	st, raw := build(in, cfg, m)
-	m.reindex(in, st, raw)
+	st.id = stateIDs.Add(1)
 	return st
 }
 
@@ -65,16 +76,20 @@ func (m *Builder) start(b *builder) map[*corev1.Service]*builtService {
 func (m *Builder) service(b *builder, prev map[*corev1.Service]*builtService, svc *corev1.Service, sl []*discoveryv1.EndpointSlice) ([]*ServicePort, *ExternalName) {
 	if got := prev[svc]; got != nil && slices.Equal(got.slices, sl) {
 		m.built[svc] = got
-		b.problems.merge(&got.problems)
+		if got.problems != nil {
+			b.problems.merge(got.problems)
+		}
 		return got.ports, got.ext
 	}
 	// Build with a problem list of its own, kept for the next reuse.
 	outer := b.problems
 	b.problems = problems{}
 	ports, ext := b.service(svc, sl)
-	got := &builtService{slices: slices.Clone(sl), ports: ports, ext: ext, problems: b.problems}
+	got := newBuiltService(sl, ports, ext, b.problems)
 	b.problems = outer
-	b.problems.merge(&got.problems)
+	if got.problems != nil {
+		b.problems.merge(got.problems)
+	}
 	m.built[svc] = got
 	return ports, ext
 }

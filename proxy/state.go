@@ -79,11 +79,14 @@ func (k Key) Compare(o Key) int {
 // Every endpoint masquerades traffic whose source is the endpoint itself
 // (hairpin: a pod reaching itself through its Service), so that the reply
 // comes back through the node.
+//
+// The State holds one per endpoint and port: the fields are ordered so
+// that it takes 48 bytes (Port among the flags; it took 56).
 type Endpoint struct {
 	IP          netip.Addr
-	Port        uint16
 	NodeName    string // "" when the EndpointSlice did not say
-	Local       bool   // on this node
+	Port        uint16
+	Local       bool // on this node
 	Ready       bool
 	Serving     bool
 	Terminating bool
@@ -292,6 +295,8 @@ type State struct {
 	// delta, set by a Builder, names the ports that may differ from the
 	// State it built before, so that Diff need not compare them all.
 	delta *delta
+	// id numbers the States a Builder makes (0: not a Builder's).
+	id uint64
 }
 
 // Families returns the IPv4 and the IPv6 state, in that order.

@@ -347,8 +347,10 @@ func TestHealthChecks(t *testing.T) {
 		lbIngress(lbIP("198.51.100.1")), etpLocal, healthCheck(32000))
 	eps := slice("lb-1", "lb", []discoveryv1.EndpointPort{slicePort("http", corev1.ProtocolTCP, 8080), slicePort("https", corev1.ProtocolTCP, 8443)},
 		ep("10.0.1.1", "node-a"), ep("10.0.1.2", "node-a", terminating(true)), ep("10.0.2.1", "node-b"))
-	st := proxy.Build(objects(s, eps, svc("plain", "10.96.0.11")), baseConfig)
-	want := []proxy.HealthCheck{{Namespace: "ns", Name: "lb", Port: 32000, LocalEndpoints: 1}}
+	s2 := svc("lb2", "10.96.0.12", ports(port("http", corev1.ProtocolTCP, 80, 30081)), lbIngress(lbIP("198.51.100.2")), etpLocal, healthCheck(32001))
+	eps2 := slice("lb2-1", "lb2", http8080, ep("10.0.1.3", "node-a"), ep("10.0.1.4", "node-a"))
+	st := proxy.Build(objects(s, eps, svc("plain", "10.96.0.11"), s2, eps2), baseConfig)
+	want := []proxy.HealthCheck{{Namespace: "ns", Name: "lb", Port: 32000, LocalEndpoints: 1}, {Namespace: "ns", Name: "lb2", Port: 32001, LocalEndpoints: 2}}
 	if got := st.IPv4.HealthChecks(); !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
 	}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -201,6 +202,7 @@ func (f *runFlags) run(ctx context.Context) error {
 		proxy.IPv4: health.NewServiceHealth(corev1.IPv4Protocol, listenIPs, proxyHealth),
 		proxy.IPv6: health.NewServiceHealth(corev1.IPv6Protocol, listenIPs, proxyHealth),
 	}
+	healthDone := map[proxy.Family][]proxy.HealthCheck{} // syncServiceHealth's
 	defer func() {
 		for _, s := range svcHealth {
 			s.Close()
@@ -245,7 +247,7 @@ func (f *runFlags) run(ctx context.Context) error {
 						proxyHealth.SetNode(n)
 					}
 				}
-				syncServiceHealth(st, svcHealth)
+				syncServiceHealth(st, svcHealth, healthDone)
 				if n, err := cleaner.Clean(st); err != nil {
 					klog.ErrorS(err, "Deleting stale UDP conntrack entries")
 				} else if n > 0 {
@@ -306,16 +308,27 @@ func serveUntil(ctx context.Context, what, addr string, h http.Handler) {
 	}
 }
 
-func syncServiceHealth(st *proxy.State, servers map[proxy.Family]*health.ServiceHealth) {
+// syncServiceHealth runs the healthCheckNodePort servers of st. A family
+// whose health checks are those of the last call (done) is skipped: most
+// syncs change none, and this runs at every sync. Unless that call failed
+// to bind a port: the next Sync retries it.
+func syncServiceHealth(st *proxy.State, servers map[proxy.Family]*health.ServiceHealth, done map[proxy.Family][]proxy.HealthCheck) {
 	for _, fs := range st.Families() {
-		ports := map[health.ServiceKey]uint16{}
-		counts := map[health.ServiceKey]int{}
-		for _, hc := range fs.HealthChecks() {
+		hcs := fs.HealthChecks()
+		if last, ok := done[fs.Family]; ok && slices.Equal(last, hcs) {
+			continue
+		}
+		delete(done, fs.Family)
+		ports := make(map[health.ServiceKey]uint16, len(hcs))
+		counts := make(map[health.ServiceKey]int, len(hcs))
+		for _, hc := range hcs {
 			k := health.ServiceKey{Namespace: hc.Namespace, Name: hc.Name}
 			ports[k], counts[k] = hc.Port, hc.LocalEndpoints
 		}
 		if err := servers[fs.Family].Sync(ports); err != nil {
 			klog.ErrorS(err, "Health check servers", "family", fs.Family)
+		} else {
+			done[fs.Family] = hcs
 		}
 		servers[fs.Family].SyncEndpoints(counts)
 	}
@@ -343,7 +356,7 @@ func runCleanup(args []string, stdout, stderr io.Writer) int {
 }
 
 // memoryHeadroom is the daemon's bound on heap growth between collections
-// (controller.MemoryHeadroom): half the live heap, at least 32 MiB. A
+// (controller.MemoryHeadroom): a quarter of the live heap, at least 32 MiB. A
 // GOMEMLIMIT or GOGC in the environment means the operator tunes the
 // runtime: then the daemon leaves it alone.
 func memoryHeadroom() *controller.MemoryHeadroom {
@@ -353,5 +366,5 @@ func memoryHeadroom() *controller.MemoryHeadroom {
 			return nil
 		}
 	}
-	return &controller.MemoryHeadroom{Fraction: 0.5, Min: 32 << 20}
+	return &controller.MemoryHeadroom{Fraction: 0.25, Min: 32 << 20}
 }
