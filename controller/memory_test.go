@@ -50,22 +50,22 @@ func BenchmarkInformerMemory(b *testing.B) {
 	for _, n := range []int{10000, 50000} {
 		svcs, sls := servedCluster(n, 10)
 		svcList, sliceList := encode(b, svcs), encode(b, sls)
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			for range b.N {
-				kept, peak := retained(b, svcList, nil)
-				b.ReportMetric(kept/float64(n), "B/service")
-				b.ReportMetric(kept/(1<<20), "MiB")
-				b.ReportMetric(peak/(1<<20), "peak-MiB")
-			}
-		})
-		b.Run(fmt.Sprintf("slices=%d/endpoints=10", n), func(b *testing.B) {
-			for range b.N {
-				kept, peak := retained(b, nil, sliceList)
-				b.ReportMetric(kept/float64(n), "B/slice")
-				b.ReportMetric(kept/(1<<20), "MiB")
-				b.ReportMetric(peak/(1<<20), "peak-MiB")
-			}
-		})
+		for _, c := range []struct {
+			name, unit         string
+			svcList, sliceList []byte
+		}{
+			{fmt.Sprintf("services=%d", n), "B/service", svcList, nil},
+			{fmt.Sprintf("slices=%d/endpoints=10", n), "B/slice", nil, sliceList},
+		} {
+			b.Run(c.name, func(b *testing.B) {
+				for range b.N {
+					kept, peak := retained(b, c.svcList, c.sliceList)
+					b.ReportMetric(kept/float64(n), c.unit)
+					b.ReportMetric(kept/(1<<20), "MiB")
+					b.ReportMetric(peak/(1<<20), "peak-MiB")
+				}
+			})
+		}
 	}
 }
 

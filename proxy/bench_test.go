@@ -10,22 +10,20 @@ import (
 // BenchmarkBuild measures a full model build; make bench runs it at 1k,
 // 10k and 50k services with 10 endpoints each.
 func BenchmarkBuild(b *testing.B) {
-	for _, n := range []int{1000, 10000, 50000} {
-		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
-			in := bigInputs(n, 10)
-			cfg := proxy.Config{NodeName: "node-0"}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				proxy.Build(in, cfg)
-			}
-		})
-	}
+	benchFullBuilds(b, proxy.Build)
 }
 
 // BenchmarkBuilderFirst is a Builder's first build (the daemon's cold
 // start): Build plus the indexes that later builds reuse.
 func BenchmarkBuilderFirst(b *testing.B) {
+	benchFullBuilds(b, func(in proxy.Inputs, cfg proxy.Config) *proxy.State {
+		var m proxy.Builder
+		return m.Build(in, cfg)
+	})
+}
+
+// benchFullBuilds runs build from scratch at each scale.
+func benchFullBuilds(b *testing.B, build func(proxy.Inputs, proxy.Config) *proxy.State) {
 	for _, n := range []int{1000, 10000, 50000} {
 		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
 			in := bigInputs(n, 10)
@@ -33,8 +31,7 @@ func BenchmarkBuilderFirst(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
-				var m proxy.Builder
-				m.Build(in, cfg)
+				build(in, cfg)
 			}
 		})
 	}
